@@ -1,0 +1,74 @@
+"""ProbeResult and Transcript: what every probe returns, and its redacted dialogue.
+
+Why one shape for all probes: the store, the collector, `/probe?debug=true` and the `check` CLI
+all consume results without knowing which protocol produced them. `facts` carries the
+protocol-specific numbers (message count, TLS version, certificate expiry, token expiry...).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..reasons import Reason
+from ..redact import redact
+
+MAX_TRANSCRIPT_LINES = 200
+MAX_LINE_CHARS = 500
+
+
+@dataclass
+class Transcript:
+    """Redacted dialogue lines: ('C', text) client sent, ('S', text) server said, ('*', note)."""
+
+    lines: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, direction: str, text: str | bytes) -> None:
+        if len(self.lines) >= MAX_TRANSCRIPT_LINES:
+            return
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        text = redact(text.rstrip("\r\n"))
+        if len(text) > MAX_LINE_CHARS:
+            text = text[:MAX_LINE_CHARS] + f"... [{len(text) - MAX_LINE_CHARS} more chars]"
+        self.lines.append((direction, text))
+
+    def client(self, text: str | bytes) -> None:
+        self.add("C", text)
+
+    def server(self, text: str | bytes) -> None:
+        self.add("S", text)
+
+    def note(self, text: str) -> None:
+        self.add("*", text)
+
+    def render(self) -> str:
+        return "\n".join(f"{d} {t}" for d, t in self.lines)
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of one probe run. `reason` is None exactly when `success` is True."""
+
+    success: bool
+    duration: float
+    reason: Reason | None = None
+    detail: str = ""  # short, redacted human explanation (e.g. the server's reply)
+    facts: dict[str, float | str] = field(default_factory=dict)
+    transcript: Transcript = field(default_factory=Transcript)
+    finished_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def ok(cls, duration: float, transcript: Transcript | None = None, **facts: float | str) -> ProbeResult:
+        return cls(True, duration, None, "", dict(facts), transcript or Transcript())
+
+    @classmethod
+    def fail(
+        cls,
+        reason: Reason,
+        duration: float,
+        detail: str = "",
+        transcript: Transcript | None = None,
+        **facts: float | str,
+    ) -> ProbeResult:
+        return cls(False, duration, reason, redact(detail)[:MAX_LINE_CHARS], dict(facts), transcript or Transcript())
