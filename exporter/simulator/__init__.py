@@ -21,9 +21,11 @@ class Simulator:
     Usage: `sim = Simulator(state); await sim.start(); ...; await sim.close()`.
     """
 
-    def __init__(self, state: SimState | None = None, host: str = "127.0.0.1", workdir: Path | None = None):
+    def __init__(self, state: SimState | None = None, host: str = "127.0.0.1", workdir: Path | None = None,
+                 idp_port: int = 0):
         self.state = state or SimState()
         self.host = host
+        self._idp_fixed_port = idp_port
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="m365sim-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.certs: SimCerts = make_certs(self.workdir)
@@ -61,7 +63,7 @@ class Simulator:
             add_graph_routes(idp.app, self.state)
         except ImportError:
             pass
-        self.idp_port = await idp.start(self.host)
+        self.idp_port = await idp.start(self.host, self._idp_fixed_port)
         self._servers.append(idp)
         for attr, cls in (("imap_port", ImapServer), ("pop3_port", Pop3Server), ("smtp_port", SmtpServer)):
             server = cls(self.state, self.minter, self.certs)

@@ -1,0 +1,107 @@
+"""Turn MSAL results and HTTP/network exceptions into a TokenError with a closed-set reason.
+
+Why separate: MSAL reports failures three ways (an error dict, MsalServiceError, raw
+`requests` exceptions) and none carries the HTTP status or Retry-After; the provider's HTTP
+client observes those. This module joins the pieces into one reason an operator can act on.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from typing import Any
+
+import requests
+
+from ..reasons import Reason, classify_aadsts
+from ..redact import redact
+
+
+class TokenError(Exception):
+    """A failed token acquisition: reason from the closed set, redacted detail, optional retry hint."""
+
+    def __init__(self, reason: Reason, detail: str = "", retry_after: float | None = None) -> None:
+        self.reason = reason
+        self.detail = redact(detail)[:500]
+        self.retry_after = retry_after
+        super().__init__(f"{reason.value}: {self.detail}")
+
+
+_AADSTS = re.compile(r"AADSTS(\d+)")
+
+
+def from_msal_result(result: dict[str, Any], status: int | None, retry_after: float | None) -> TokenError:
+    codes = [int(c) for c in result.get("error_codes") or [] if isinstance(c, int | str) and str(c).isdigit()]
+    desc = str(result.get("error_description") or "")
+    if not codes:
+        codes = [int(c) for c in _AADSTS.findall(desc)]
+    reason = classify_aadsts(result.get("error"), codes, status)
+    first_line = desc.splitlines()[0] if desc else str(result.get("error", "error"))
+    return TokenError(reason, first_line, retry_after)
+
+
+def from_exception(exc: BaseException) -> TokenError:
+    """Network/TLS/proxy failures on the way to the identity platform."""
+    name = type(exc).__name__
+    chain = _causes(exc)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return TokenError(Reason.PROXY_ERROR, f"{name}: proxy refused or failed the connection")
+    for cause in chain:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            code = getattr(cause, "verify_code", None)
+            reason = {10: Reason.TLS_CERT_EXPIRED, 62: Reason.TLS_HOSTNAME_MISMATCH}.get(code, Reason.TLS_UNTRUSTED)
+            return TokenError(reason, f"TLS verification failed: {cause.verify_message}")
+    if isinstance(exc, requests.exceptions.SSLError):
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            if "expired" in text:
+                return TokenError(Reason.TLS_CERT_EXPIRED, "TLS verification failed: certificate has expired")
+            if "Hostname mismatch" in text or "doesn't match" in text:
+                return TokenError(Reason.TLS_HOSTNAME_MISMATCH, "TLS verification failed: hostname mismatch")
+            return TokenError(Reason.TLS_UNTRUSTED, "TLS verification failed: certificate not trusted")
+        return TokenError(Reason.TLS_HANDSHAKE_FAILED, f"{name}: TLS handshake failed")
+    if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
+        return TokenError(Reason.TIMEOUT, f"{name}: no answer from the identity platform within the timeout")
+    for cause in chain:
+        if isinstance(cause, socket.gaierror):
+            return TokenError(Reason.DNS_NXDOMAIN if cause.errno == socket.EAI_NONAME else Reason.DNS_SERVFAIL,
+                              f"cannot resolve the login host: {cause.strerror}")
+        if isinstance(cause, ConnectionRefusedError):
+            return TokenError(Reason.CONNECTION_REFUSED, "connection to the login host refused")
+        if isinstance(cause, ConnectionResetError):
+            return TokenError(Reason.CONNECTION_RESET, "connection to the login host reset")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        text = str(exc)
+        if "Name or service not known" in text or "nodename nor servname" in text:
+            return TokenError(Reason.DNS_NXDOMAIN, "cannot resolve the login host")
+        if "Connection refused" in text:
+            return TokenError(Reason.CONNECTION_REFUSED, "connection to the login host refused")
+        if "reset" in text.lower() or "RemoteDisconnected" in text:
+            return TokenError(Reason.CONNECTION_RESET, "connection to the login host reset")
+        return TokenError(Reason.IDP_UNAVAILABLE, f"{name}: cannot reach the identity platform")
+    if type(exc).__name__ == "MsalServiceError":
+        return TokenError(Reason.IDP_UNAVAILABLE, f"identity platform error: {exc}")
+    if isinstance(exc, ValueError) and "authority" in str(exc).lower():
+        return TokenError(Reason.TENANT_NOT_FOUND, f"authority rejected: {exc}")
+    return TokenError(Reason.UNKNOWN, f"{name}: {exc}")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack and len(out) < 20:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        out.append(cur)
+        stack.extend([cur.__cause__, cur.__context__])
+        for arg in getattr(cur, "args", ()):
+            if isinstance(arg, BaseException):
+                stack.append(arg)
+        reason = getattr(cur, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return out

@@ -1,0 +1,331 @@
+"""Runtime: turns a Config into providers and probe jobs, runs them, and reloads safely.
+
+Why here and not in the web layer: `serve`, `--demo`, `check` and the tests all need the same
+wiring (config -> token providers -> jobs -> store), and reload must be atomic: a new config
+is validated completely before anything changes; on error the old one keeps running and
+`m365_config_last_reload_successful` drops to 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .auth.errors import TokenError
+from .auth.provider import TokenProvider, required_permissions
+from .collector import (
+    F_EXPIRY,
+    F_IDENTITY,
+    F_REFRESHED,
+    F_REQUESTS,
+    SCOPE_PREFIX,
+    SECRET_PREFIX,
+    CredentialInfo,
+    MetricsRenderer,
+)
+from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_config
+from .probes.result import ProbeResult
+from .reasons import Reason
+from .scheduler import Job, Scheduler
+from .store import Key, ResultStore
+
+log = logging.getLogger(__name__)
+
+MailProbe = Callable[[Endpoint, str, str, float], Awaitable[ProbeResult]]
+
+
+def mail_probe(check: str) -> MailProbe:
+    """The protocol client for a mail check (imported lazily: each is its own module)."""
+    if check == "imap":
+        from .probes.imap import probe_imap
+
+        return probe_imap
+    if check == "pop3":
+        from .probes.pop3 import probe_pop3
+
+        return probe_pop3
+    from .probes.smtp import probe_smtp
+
+    return probe_smtp
+
+
+async def endpoint_probe(endpoint: Endpoint, timeout: float, resolvers: list[str]) -> ProbeResult:
+    from .probes.endpoint import probe_endpoint
+
+    return await probe_endpoint(endpoint, timeout, resolvers or None)
+
+
+def provider_signature(config: Config, name: str, checks: set[str]) -> tuple[object, ...]:
+    """Everything a provider depends on: unchanged signature = keep the provider (and its token)."""
+    cred = config.credentials[name]
+    d = config.defaults
+    return (cred, config.authority_host(cred), d.https, d.timeout, d.token_interval, d.cloud, frozenset(checks))
+
+
+@dataclass
+class MailTarget:
+    mailbox: Mailbox
+    check: str
+
+    @property
+    def key(self) -> Key:
+        return ("mailbox", self.mailbox.label, self.check)
+
+
+class Runtime:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store = ResultStore()
+        self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait)
+        self.providers: dict[str, TokenProvider] = {}
+        self._signatures: dict[str, tuple[object, ...]] = {}
+        self.renderer = MetricsRenderer(self.store, self.credential_infos)
+        self.extra_jobs: list[Callable[[Runtime], list[Job]]] = []  # e.g. Graph app-registration audit
+        self.started_at = time.time()
+        self._reload_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ config
+
+    def credential_infos(self) -> list[CredentialInfo]:
+        return [
+            CredentialInfo(name, c.tenant_id, c.client_id, c.flow, c.auth_kind)
+            for name, c in self.config.credentials.items()
+        ]
+
+    def checks_by_credential(self, config: Config) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {name: set() for name in config.credentials}
+        for m in config.mailboxes:
+            out[m.credential].update(m.checks)
+        return out
+
+    def apply(self, config: Config) -> None:
+        """Swap in a validated config: keep unchanged providers/jobs, start new, stop removed."""
+        checks = self.checks_by_credential(config)
+        new_providers: dict[str, TokenProvider] = {}
+        new_sigs: dict[str, tuple[object, ...]] = {}
+        for name in config.credentials:
+            sig = provider_signature(config, name, checks[name])
+            if self._signatures.get(name) == sig:
+                new_providers[name] = self.providers[name]
+            else:
+                new_providers[name] = TokenProvider(name, config.credentials[name], config, checks[name])
+            new_sigs[name] = sig
+        for name, old in self.providers.items():
+            if new_providers.get(name) is not old:
+                old.close()
+        self.config, self.providers, self._signatures = config, new_providers, new_sigs
+        if self.scheduler.concurrency != config.defaults.concurrency:
+            log.info("concurrency change takes effect after restart")
+        jobs = self.build_jobs(config)
+        keep: set[Key] = set()
+        for job in jobs:
+            self.store.ensure(job.key, job.interval, job.timeout)
+            keep.add(job.key)
+        for m in config.mailboxes:  # the mailbox's token check mirrors its credential's probe
+            key = ("mailbox", m.label, "token")
+            self.store.ensure(key, config.defaults.token_interval, config.defaults.timeout)
+            keep.add(key)
+        for name, cred in config.credentials.items():
+            if cred.secret_expiry is not None:
+                key = ("audit", name, "declared")
+                self.store.ensure(key, 86400.0, 1.0)
+                keep.add(key)
+                self.store.record(key, ProbeResult.ok(0.0, **{SECRET_PREFIX + "declared": cred.secret_expiry.timestamp()}))
+        for extra in self.extra_jobs:
+            for job in extra(self):
+                self.store.ensure(job.key, job.interval, job.timeout)
+                keep.add(job.key)
+                jobs.append(job)
+        self.store.prune(keep)
+        self.scheduler.set_jobs(jobs)
+        self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))
+        self.store.set_fact("m365_credentials", float(len(config.credentials)))
+
+    def build_jobs(self, config: Config) -> list[Job]:
+        d = config.defaults
+        jobs: list[Job] = []
+        for name in config.credentials:
+            jobs.append(Job(("credential", name), d.token_interval, d.timeout,
+                            self._bind(self.run_token_probe, name), signature=self._signatures[name]))
+        for m in config.mailboxes:
+            for check in m.checks:
+                t = MailTarget(m, check)
+                jobs.append(Job(t.key, config.mailbox_interval(m), config.mailbox_timeout(m),
+                                self._bind(self.run_mail_probe, t),
+                                signature=(m, config.endpoint_for(m, check), self._signatures[m.credential])))
+        if d.network_checks:
+            for key, ep in self.unique_endpoints(config).items():
+                jobs.append(Job(key, d.interval, d.timeout, self._bind(self.run_endpoint_probe, ep),
+                                signature=(ep, tuple(d.dns.resolvers))))
+        return jobs
+
+    @staticmethod
+    def _bind(fn: Callable[..., Awaitable[ProbeResult]], arg: object) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await fn(arg)
+
+        return run
+
+    def unique_endpoints(self, config: Config) -> dict[Key, Endpoint]:
+        """Every host:port the exporter depends on, once: mail endpoints and login hosts."""
+        out: dict[Key, Endpoint] = {}
+        for m in config.mailboxes:
+            for check in m.checks:
+                ep = config.endpoint_for(m, check)
+                out.setdefault(("endpoint", ep.host, str(ep.port)), ep)
+        https_tls = TLSSettings(ca_file=config.defaults.https.ca_file)
+        for cred in config.credentials.values():
+            if config.defaults.https.proxy:
+                break  # the login host is reached through the proxy; a direct probe would mislead
+            url = urlsplit(config.authority_host(cred))
+            host, port = url.hostname or "", url.port or 443
+            out.setdefault(("endpoint", host, str(port)), Endpoint(host, port, https_tls))
+        return out
+
+    # ------------------------------------------------------------------ probes
+
+    async def run_token_probe(self, name: str) -> ProbeResult:
+        provider = self.providers.get(name)
+        if provider is None:
+            return ProbeResult.fail(Reason.UNKNOWN, 0.0, "credential removed")
+        cred = provider.cred
+        t0 = time.monotonic()
+        facts: dict[str, float | str] = {}
+        try:
+            tok = await provider.refresh()
+        except TokenError as err:
+            current = provider.current
+            if current is not None:
+                facts[F_EXPIRY] = current.expires_at
+            if provider.last_refresh_at:
+                facts[F_REFRESHED] = provider.last_refresh_at
+            facts[F_REQUESTS] = provider.token_requests
+            result = ProbeResult.fail(err.reason, time.monotonic() - t0, err.detail, **facts)
+            self._record_token(name, result, set())
+            return result
+        duration = time.monotonic() - t0
+        facts[F_EXPIRY] = tok.expires_at
+        facts[F_REQUESTS] = provider.token_requests
+        if provider.last_refresh_at:
+            facts[F_REFRESHED] = provider.last_refresh_at
+        needed = required_permissions(cred, provider.checks)
+        missing = set(tok.missing(needed))
+        for perm in sorted(needed):
+            facts[SCOPE_PREFIX + perm] = 1.0 if perm in missing else 0.0
+        match: bool | None
+        if not tok.claims:
+            match = None  # opaque token: unknown, not a failure
+        elif cred.flow == "delegated":
+            match = (tok.identity or "").lower() == str(cred.account).lower()
+        else:
+            match = str(tok.claims.get("appid", cred.client_id)).lower() == cred.client_id.lower()
+        if match is not None:
+            facts[F_IDENTITY] = 1.0 if match else 0.0
+        if match is False:
+            who = tok.identity or str(tok.claims.get("appid", "?"))
+            result = ProbeResult.fail(Reason.WRONG_IDENTITY, duration,
+                                      f"token issued for {who}, expected {cred.account or cred.client_id}", **facts)
+        elif missing:
+            result = ProbeResult.fail(Reason.MISSING_SCOPE, duration, "token lacks " + ", ".join(sorted(missing)),
+                                      **facts)
+        else:
+            result = ProbeResult.ok(duration, **facts)
+        self._record_token(name, result, missing)
+        return result
+
+    def _record_token(self, name: str, result: ProbeResult, missing: set[str]) -> None:
+        self.store.record(("credential", name), result)
+        cred = self.config.credentials.get(name)
+        if cred is None:
+            return
+        for m in self.config.mailboxes:
+            if m.credential != name:
+                continue
+            mine = required_permissions(cred, set(m.checks)) & missing
+            if result.success or (result.reason is Reason.MISSING_SCOPE and not mine):
+                r = ProbeResult.ok(result.duration)
+            elif result.reason is Reason.MISSING_SCOPE:
+                r = ProbeResult.fail(Reason.MISSING_SCOPE, result.duration, "token lacks " + ", ".join(sorted(mine)))
+            else:
+                r = ProbeResult.fail(result.reason or Reason.UNKNOWN, result.duration, result.detail)
+            self.store.record(("mailbox", m.label, "token"), r)
+
+    async def run_mail_probe(self, target: MailTarget) -> ProbeResult:
+        m, check = target.mailbox, target.check
+        timeout = self.config.mailbox_timeout(m)
+        t0 = time.monotonic()
+        provider = self.providers.get(m.credential)
+        try:
+            if provider is None:
+                raise TokenError(Reason.UNKNOWN, "credential removed")
+            async with asyncio.timeout(timeout):
+                tok = await provider.get_token()
+        except TokenError as err:
+            result = ProbeResult.fail(err.reason, time.monotonic() - t0, f"no token: {err.detail}")
+        except TimeoutError:
+            result = ProbeResult.fail(Reason.TIMEOUT, time.monotonic() - t0, "token acquisition timed out")
+        else:
+            remaining = max(1.0, timeout - (time.monotonic() - t0))
+            result = await mail_probe(check)(self.config.endpoint_for(m, check), m.address, tok.access_token,
+                                             remaining)
+        self.store.record(target.key, result)
+        return result
+
+    async def run_endpoint_probe(self, ep: Endpoint) -> ProbeResult:
+        d = self.config.defaults
+        result = await endpoint_probe(ep, d.timeout, list(d.dns.resolvers))
+        self.store.record(("endpoint", ep.host, str(ep.port)), result)
+        return result
+
+    async def probe_now(self, mailbox: str, check: str) -> ProbeResult:
+        """Run one check immediately (GET /probe, `check` CLI): records like a scheduled probe."""
+        m = next((m for m in self.config.mailboxes if m.label == mailbox or m.address == mailbox), None)
+        if m is None:
+            raise KeyError(f"unknown mailbox {mailbox!r}")
+        if check == "token":
+            return await self.run_token_probe(m.credential)
+        if check not in ("imap", "pop3", "smtp"):
+            raise KeyError(f"unknown check {check!r} (token, imap, pop3, smtp)")
+        return await self.run_mail_probe(MailTarget(m, check))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _on_wait(self, seconds: float) -> None:
+        self.store.facts["m365_scheduler_queue_wait_seconds"] = seconds
+
+    def start(self) -> None:
+        self.apply(self.config)
+        now = time.time()
+        self.store.set_fact("m365_config_last_reload_successful", 1.0)
+        self.store.set_fact("m365_config_last_reload_success_timestamp_seconds", now)
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; on any error keep the running config."""
+        if not self.config_path:
+            return False, "no config file (demo mode)"
+        async with self._reload_lock:
+            try:
+                config = await asyncio.to_thread(load_config, Path(self.config_path))
+            except ConfigError as err:
+                self.store.set_fact("m365_config_last_reload_successful", 0.0)
+                log.error("config reload failed, keeping the running config: %s", err)
+                return False, str(err)
+            self.apply(config)
+            self.store.set_fact("m365_config_last_reload_successful", 1.0)
+            self.store.set_fact("m365_config_last_reload_success_timestamp_seconds", time.time())
+            log.info("config reloaded: %d mailboxes, %d credentials", len(config.mailboxes), len(config.credentials))
+            return True, "reloaded"
+
+    def ready(self) -> bool:
+        return self.store.first_round_complete()
+
+    async def stop(self) -> None:
+        await self.scheduler.stop()
+        for p in self.providers.values():
+            p.close()
