@@ -81,6 +81,7 @@ class ServerFault:
     no_starttls: bool = False  # SMTP: do not offer STARTTLS
     unavailable: bool = False  # IMAP BYE / POP -ERR / SMTP 421 on connect
     cert: str = "server"  # TLS certificate presented: server | expired | wrong_host
+    challenge_on_failure: bool = False  # Gmail style: failed XOAUTH2 -> "+ <b64 JSON>", empty line, then NO
 
 
 @dataclass
@@ -95,6 +96,8 @@ class SimState:
     token_lifetime: int = 3600
     # refresh token (opaque) -> (client_id, upn, scopes); rotated on every use like Entra ID
     refresh_tokens: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
+    # refresh tokens lapsed after 90 days of inactivity: the token endpoint answers AADSTS700082
+    expired_refresh_tokens: set[str] = field(default_factory=set)
     # device_code -> {"client_id", "scopes", "user" (set when "approved"), "expires"}
     device_codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # counters for tests/benchmarks: ("token", client_id, grant_type) / ("imap", address, outcome) ...
