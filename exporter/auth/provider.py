@@ -117,10 +117,9 @@ class TokenProvider:
 
     async def refresh(self) -> TokenInfo:
         """Force a token from the identity platform (the token probe); honours Retry-After."""
-        if self._last_error is not None and self._last_error.reason is Reason.THROTTLED and (
-            time.time() < self._not_before
-        ):
-            raise self._last_error
+        err = self._last_error
+        if err is not None and (err.retry_after or err.reason is Reason.THROTTLED) and time.time() < self._not_before:
+            raise err
         return await self._single_flight(force=True)
 
     def close(self) -> None:
@@ -143,9 +142,9 @@ class TokenProvider:
             fut.exception()  # mark retrieved: joiners may have gone away
             raise
         except BaseException as exc:  # noqa: BLE001 - classify anything MSAL or requests throws
-            err = from_exception(exc)
+            err = self._classify_exception(exc)
             self._last_error = err
-            self._not_before = time.time() + self.failure_backoff
+            self._not_before = time.time() + (err.retry_after if err.retry_after else self.failure_backoff)
             fut.set_exception(err)
             fut.exception()
             raise err from None
@@ -156,6 +155,18 @@ class TokenProvider:
             self.last_refresh_at = info.obtained_at
         fut.set_result(info)
         return info
+
+    def _classify_exception(self, exc: BaseException) -> TokenError:
+        """MSAL raises on non-JSON error bodies (e.g. a proxy's or Entra's plain 429/503 page):
+        the HTTP status our client observed is then the best evidence."""
+        status, retry_after = self.http.last_status, self.http.last_retry_after
+        if status == 429:
+            return TokenError(Reason.THROTTLED, "HTTP 429 Too Many Requests from the token endpoint", retry_after)
+        if status is not None and status >= 500:
+            return TokenError(Reason.IDP_UNAVAILABLE, f"HTTP {status} from the token endpoint", retry_after)
+        if status == 407:
+            return TokenError(Reason.PROXY_ERROR, "HTTP 407 proxy authentication required")
+        return from_exception(exc)
 
     def _acquire_blocking(self, force: bool) -> TokenInfo:
         self._http_cache.clear()  # never let MSAL answer from its failure cache (see module doc)
