@@ -52,7 +52,7 @@ class M365Collector(Collector):
     def describe(self) -> Iterable[Metric]:
         return []  # unchecked collector: families are dynamic
 
-    def collect(self) -> Iterator[Metric]:  # noqa: C901 - one flat pass over the snapshot
+    def collect(self) -> Iterator[Metric]:
         now = time.time()
         snap = self.store.snapshot()
         mb = lambda n, d: GaugeMetricFamily(n, d + " (from background probes)", labels=["mailbox", "check"])  # noqa: E731
@@ -173,7 +173,8 @@ class M365Collector(Collector):
                 dns_dur.add_metric([host], dur)
         creds = self.credentials()
         info = GaugeMetricFamily(
-            "m365_credential_info", "Configured credentials", labels=["credential", "tenant_id", "client_id", "flow", "auth"]
+            "m365_credential_info", "Configured credentials",
+            labels=["credential", "tenant_id", "client_id", "flow", "auth"],
         )
         for c in creds:
             info.add_metric([c.name, c.tenant_id, c.client_id, c.flow, c.auth], 1.0)

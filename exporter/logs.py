@@ -32,9 +32,17 @@ class RedactingFormatter(logging.Formatter):
         return f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{quoted}"'
 
 
+class _DropKnownNoise(logging.Filter):
+    """asyncio warns on every STARTTLS-upgraded stream close (a CPython quirk, harmless)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "asyncio" and "eof_received() has no effect" in str(record.msg))
+
+
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(fmt))
+    handler.addFilter(_DropKnownNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

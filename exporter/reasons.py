@@ -95,7 +95,7 @@ class Reason(StrEnum):
 
 
 R = Reason
-T, M, N, O = Category.TOKEN, Category.MAIL, Category.NETWORK, Category.OTHER
+T, M, N, X = Category.TOKEN, Category.MAIL, Category.NETWORK, Category.OTHER
 
 CATALOGUE: dict[Reason, ReasonInfo] = {
     R.SECRET_INVALID: ReasonInfo(
@@ -261,7 +261,7 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "Check the configured https_proxy address and that it allows CONNECT to the login endpoint.",
         "network"),
     R.UNKNOWN: ReasonInfo(
-        O, "unclassified failure",
+        X, "unclassified failure",
         "Run /probe?debug=true or `m365-mail-exporter check` for the dialogue and report it.", "index"),
 }
 
@@ -330,17 +330,12 @@ def render_markdown() -> str:
         "(see `/probe?debug=true` for the raw, redacted dialogue).",
         "",
     ]
-    codes: dict[Reason, list[int]] = {}
-    for code, reason in AADSTS_REASONS.items():
-        codes.setdefault(reason, []).append(code)
     for cat in Category:
         lines += [f"## {cat.value}", "", "| reason | meaning | fix | runbook |", "|---|---|---|---|"]
         for reason, info in CATALOGUE.items():
             if info.category is not cat:
                 continue
             meaning = info.summary
-            if reason in codes:
-                meaning += " — AADSTS " + ", ".join(str(c) for c in sorted(codes[reason]))
             fix = info.fix.replace("|", "\\|")
             lines.append(f"| `{reason.value}` | {meaning} | {fix} | [{info.runbook}](runbooks/{info.runbook}.md) |")
         lines.append("")

@@ -136,7 +136,8 @@ class Runtime:
                 key = ("audit", name, "declared")
                 self.store.ensure(key, 86400.0, 1.0)
                 keep.add(key)
-                self.store.record(key, ProbeResult.ok(0.0, **{SECRET_PREFIX + "declared": cred.secret_expiry.timestamp()}))
+                declared = {SECRET_PREFIX + "declared": cred.secret_expiry.timestamp()}
+                self.store.record(key, ProbeResult.ok(0.0, **declared))
         for extra in self.extra_jobs:
             for job in extra(self):
                 self.store.ensure(job.key, job.interval, job.timeout)

@@ -64,7 +64,8 @@ def render_debug(mailbox: str, check: str, result: ProbeResult) -> str:
         lines.append(f"detail:  {result.detail}")
     for k, v in sorted(result.facts.items()):
         lines.append(f"fact:    {k} = {v}")
-    lines += ["", "transcript (C: client, S: server, *: note; secrets redacted):", result.transcript.render() or "(none)"]
+    lines += ["", "transcript (C: client, S: server, *: note; secrets redacted):",
+              result.transcript.render() or "(none)"]
     return "\n".join(lines) + "\n"
 
 

@@ -43,8 +43,8 @@ async def test_each_flow_gets_a_token_with_identity_and_scopes(env: Env) -> None
     assert 'm365_token_refresh_success{credential="cert"} 1.0' in body.decode()
     assert 'm365_token_missing_scope{credential="app",scope="IMAP.AccessAsApp"} 0.0' in body.decode()
     assert 'm365_token_missing_scope{credential="delegate",scope="SMTP.Send"} 0.0' in body.decode()
-    assert 'm365_credential_info{auth="certificate",client_id="%s",credential="cert",flow="client_credentials",' \
-           % CERT_APP_ID in body.decode()
+    assert (f'm365_credential_info{{auth="certificate",client_id="{CERT_APP_ID}",credential="cert",'
+            'flow="client_credentials",') in body.decode()
     # the mailbox grid mirrors the credential
     assert 'm365_probe_success{check="token",mailbox="support@contoso.example"} 1.0' in body.decode()
     # the delegated refresh rotated the refresh token and the cache was rewritten, still 0600

@@ -141,7 +141,7 @@ class TokenProvider:
             fut.set_exception(err)
             fut.exception()  # mark retrieved: joiners may have gone away
             raise
-        except BaseException as exc:  # noqa: BLE001 - classify anything MSAL or requests throws
+        except BaseException as exc:
             err = self._classify_exception(exc)
             self._last_error = err
             self._not_before = time.time() + (err.retry_after if err.retry_after else self.failure_backoff)

@@ -39,7 +39,7 @@ def make_certs(workdir: Path) -> SimCerts:
     ca = trustme.CA(organization_name="m365-mail-exporter simulator CA")
     ca_file = workdir / "simulator-ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     server = ca.issue_cert(*SERVER_NAMES, not_after=now + dt.timedelta(days=90))
     expired = ca.issue_cert(
         *SERVER_NAMES, not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
