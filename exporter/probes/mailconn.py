@@ -1,0 +1,382 @@
+"""Connection plumbing shared by the IMAP, POP3 and SMTP probe clients.
+
+Why hand-written clients on asyncio streams instead of aioimaplib / aiosmtplib / poplib:
+a monitoring probe needs things those libraries do not give together —
+
+* bounded reads (line length, total bytes) so a hostile or broken server cannot exhaust memory,
+  and a timeout on every step plus on the whole probe (a tarpit costs one slot for `timeout`);
+* exact classification of every reply and every connect/TLS error into the closed `Reason` set
+  (the libraries raise generic exceptions or swallow the server's text);
+* a redacted, capped transcript of the dialogue for `/probe?debug=true`, with the XOAUTH2
+  response logged as a placeholder, never the bytes we sent;
+* full control of the XOAUTH2 exchange (SASL-IR vs. continuation, POP3's separate-line initial
+  response, the error-challenge dance) and a guarantee that nothing mutates the mailbox
+  (IMAP EXAMINE, never SELECT; SMTP never sends mail). poplib has no AUTH at all.
+
+This module holds what the three protocols share: resolving and connecting (implicit TLS or
+STARTTLS upgrade on the same connection), classification of connect/TLS/DNS errors, a tiny rule
+engine for reply classification (each protocol keeps its own table next to its code), and
+`run_probe`, the wrapper that guarantees a ProbeResult is always returned, the connection is
+always closed within the deadline, and no secret reaches the transcript or the detail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from ..config import Endpoint
+from ..reasons import Reason
+from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
+from .result import ProbeResult, Transcript
+from .tlsctx import client_context, server_hostname
+
+__all__ = [
+    "MailConnection",
+    "ProbeFailure",
+    "ReplyRule",
+    "classify_exception",
+    "classify_reply",
+    "rule",
+    "run_probe",
+]
+
+MAX_ADDRESSES = 4  # resolved addresses tried in turn on refusal / unreachable
+GOODBYE_TIMEOUT = 1.0  # LOGOUT / QUIT: polite, but never worth more than this
+CLOSE_TIMEOUT = 0.5  # waiting for the transport to close (TLS close_notify) before aborting
+DETAIL_CHARS = 300
+
+# --------------------------------------------------------------------------- error tables
+
+# OpenSSL X509_V_ERR_* verify codes -> reason. Anything else that fails verification (9 not yet
+# valid, 23 revoked, 24 invalid CA...) is untrusted. Kept in step with the endpoint TLS probe
+# (probes/tcptls.py) so one broken endpoint shows the same reason for every check.
+TLS_VERIFY_REASONS: dict[int, Reason] = {
+    10: Reason.TLS_CERT_EXPIRED,  # CERT_HAS_EXPIRED
+    62: Reason.TLS_HOSTNAME_MISMATCH,  # HOSTNAME_MISMATCH
+    64: Reason.TLS_HOSTNAME_MISMATCH,  # IP_ADDRESS_MISMATCH (connecting by IP literal)
+    2: Reason.TLS_UNTRUSTED,  # UNABLE_TO_GET_ISSUER_CERT
+    18: Reason.TLS_UNTRUSTED,  # DEPTH_ZERO_SELF_SIGNED_CERT
+    19: Reason.TLS_UNTRUSTED,  # SELF_SIGNED_CERT_IN_CHAIN
+    20: Reason.TLS_UNTRUSTED,  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: Reason.TLS_UNTRUSTED,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
+}
+
+# getaddrinfo error -> reason. glibc reports both SERVFAIL and an unanswered resolver as
+# EAI_AGAIN; a lookup that exceeds the probe timeout is DNS_TIMEOUT (see classify_exception).
+DNS_REASONS: dict[int, Reason] = {
+    socket.EAI_NONAME: Reason.DNS_NXDOMAIN,
+    getattr(socket, "EAI_NODATA", socket.EAI_NONAME): Reason.DNS_NXDOMAIN,
+    socket.EAI_AGAIN: Reason.DNS_SERVFAIL,
+    socket.EAI_FAIL: Reason.DNS_SERVFAIL,
+}
+
+# The path rejected the connection at once (ICMP unreachable, local firewall, no usable source
+# address): the connection_refused runbook (firewall REJECT, routes) applies; silence is timeout.
+_UNREACHABLE = {
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EPERM, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT,
+}
+
+# Reasons after which the session is still orderly, so LOGOUT/QUIT is polite and safe.
+_POLITE_AFTER = frozenset({
+    Reason.AUTH_FAILED,
+    Reason.SMTP_AUTH_DISABLED,
+    Reason.SECURITY_DEFAULTS,
+    Reason.CONDITIONAL_ACCESS,
+    Reason.INVALID_USER,
+    Reason.XOAUTH2_NOT_OFFERED,
+    Reason.STARTTLS_UNAVAILABLE,
+    Reason.MAILBOX_NOT_ACCESSIBLE,
+})
+
+
+def classify_exception(exc: BaseException, step: str, timeout: float) -> tuple[Reason, str]:
+    """Map an exception raised during `step` to (reason, short non-secret detail)."""
+    tls_step = step == "tls handshake"
+    if isinstance(exc, ProbeFailure):
+        return exc.reason, exc.detail
+    if isinstance(exc, TimeoutError):
+        if step == "resolve":
+            return Reason.DNS_TIMEOUT, f"DNS lookup did not finish within {timeout:g}s"
+        return Reason.TIMEOUT, f"no answer within {timeout:g}s"
+    if isinstance(exc, socket.gaierror):
+        reason = DNS_REASONS.get(exc.errno or 0, Reason.DNS_SERVFAIL)
+        return reason, f"DNS lookup failed: {exc.strerror or 'error'} (EAI {exc.errno})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        reason = TLS_VERIFY_REASONS.get(code, Reason.TLS_UNTRUSTED)
+        return reason, f"certificate verify failed: {exc.verify_message} (X509 code {code})"
+    if isinstance(exc, ssl.SSLError):
+        what = getattr(exc, "reason", None) or type(exc).__name__
+        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            # the server hung up (mid-handshake too: a reset, as the endpoint TLS probe says)
+            return Reason.CONNECTION_RESET, f"TLS connection closed by the server: {what}"
+        if tls_step:
+            return Reason.TLS_HANDSHAKE_FAILED, f"TLS handshake failed: {what}"
+        return Reason.PROTOCOL_ERROR, f"TLS error after the handshake: {what}"
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.CONNECTION_REFUSED, "connection refused"
+    if isinstance(exc, ConnectionError | asyncio.IncompleteReadError | EOFError):
+        where = " during the TLS handshake" if tls_step else ""
+        return Reason.CONNECTION_RESET, f"connection lost{where} ({type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        if exc.errno in _UNREACHABLE:
+            return Reason.CONNECTION_REFUSED, f"{name}: the network path rejected the connection"
+        if exc.errno == errno.ETIMEDOUT:
+            return Reason.TIMEOUT, f"{name}: no answer from the server"
+        return Reason.UNKNOWN, f"unexpected {type(exc).__name__} ({name})"
+    return Reason.UNKNOWN, f"unexpected {type(exc).__name__}"
+
+
+# --------------------------------------------------------------------------- reply rules
+
+
+@dataclass(frozen=True)
+class ReplyRule:
+    """One row of a protocol's reply classification table; the first matching row wins.
+
+    `status` is matched as a prefix of the reply's status (IMAP `NO`/`BAD`/`BYE`, POP3 `-ERR`,
+    SMTP `535` or just `5`); `pattern` is searched (case-insensitive) in the reply text; `steps`
+    limits the row to some dialogue steps. None means "any".
+    """
+
+    reason: Reason
+    status: str | None = None
+    pattern: re.Pattern[str] | None = None
+    steps: frozenset[str] | None = None
+
+    def matches(self, step: str, status: str, text: str) -> bool:
+        if self.steps is not None and step not in self.steps:
+            return False
+        if self.status is not None and not status.upper().startswith(self.status.upper()):
+            return False
+        return self.pattern is None or self.pattern.search(text) is not None
+
+
+def rule(reason: Reason, status: str | None = None, pattern: str | None = None,
+         steps: Iterable[str] | None = None) -> ReplyRule:
+    return ReplyRule(reason, status, re.compile(pattern, re.I) if pattern else None,
+                     frozenset(steps) if steps is not None else None)
+
+
+def classify_reply(rules: Iterable[ReplyRule], step: str, status: str, text: str) -> Reason:
+    """The reason of the first matching rule; a reply no rule explains is a protocol error."""
+    for r in rules:
+        if r.matches(step, status, text):
+            return r.reason
+    return Reason.PROTOCOL_ERROR
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class MailConnection:
+    """One probe's connection: bounded line IO, transcript, step tracking, secret scrubbing."""
+
+    def __init__(self, endpoint: Endpoint, transcript: Transcript, *, step_timeout: float,
+                 secrets: Iterable[str] = ()) -> None:
+        self.endpoint = endpoint
+        self.transcript = transcript
+        self.step_timeout = step_timeout
+        self.step = "resolve"
+        self.healthy = False  # an orderly session exists (greeting seen, no IO failure since)
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lines: LineReader | None = None
+        self.tls_version: str | None = None
+
+    # -- secrets -------------------------------------------------------------------------
+    def scrub(self, text: str) -> str:
+        """Remove our own secrets (token, SASL string) should a server echo them back."""
+        for s in self._secrets:
+            if s in text:
+                text = text.replace(s, "[REDACTED]")
+        return text
+
+    # -- connect -------------------------------------------------------------------------
+    async def connect(self, *, tls: bool) -> None:
+        """Resolve, connect (trying up to MAX_ADDRESSES addresses) and optionally start TLS."""
+        loop = asyncio.get_running_loop()
+        host, port = self.endpoint.host, self.endpoint.port
+        self.step = "resolve"
+        addrs: list[tuple[int, str]] = []
+        try:  # an IP literal needs no lookup (and no executor thread)
+            ip = ipaddress.ip_address(host)
+            addrs.append((socket.AF_INET6 if ip.version == 6 else socket.AF_INET, host))
+        except ValueError:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            for family, _type, _proto, _canon, sockaddr in infos:
+                entry = (family, str(sockaddr[0]))
+                if entry not in addrs:
+                    addrs.append(entry)
+        if not addrs:
+            raise ProbeFailure(Reason.DNS_NXDOMAIN, f"{host} has no addresses")
+        self.step = "connect"
+        last: OSError | None = None
+        for family, addr in addrs[:MAX_ADDRESSES]:
+            try:
+                self._reader, self._writer = await asyncio.open_connection(addr, port, family=family)
+            except (ConnectionRefusedError, OSError) as exc:
+                if isinstance(exc, ConnectionRefusedError) or exc.errno in _UNREACHABLE:
+                    self.transcript.note(f"connect to {addr} port {port}: {type(exc).__name__}")
+                    last = exc
+                    continue
+                raise
+            self.transcript.note(f"connected to {addr} port {port}")
+            break
+        if self._writer is None or self._reader is None:
+            raise last if last is not None else ConnectionRefusedError("no address accepted")
+        self._lines = LineReader(self._reader, read_timeout=self.step_timeout)
+        if tls:
+            await self.start_tls()
+
+    async def start_tls(self) -> None:
+        """TLS on the current connection (implicit TLS right after connect, or after STARTTLS)."""
+        assert self._writer is not None and self._reader is not None and self._lines is not None
+        pending_plain = self._lines.pending + len(getattr(self._reader, "_buffer", b""))
+        if pending_plain:
+            # Bytes sent before the handshake must never be read as if TLS protected them
+            # (the STARTTLS command-injection class of bugs).
+            self.healthy = False
+            raise ProbeFailure(Reason.PROTOCOL_ERROR,
+                               f"server sent {pending_plain} bytes of plaintext before the TLS handshake")
+        try:
+            ctx = client_context(self.endpoint.tls)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ProbeFailure(Reason.UNKNOWN,
+                               f"cannot load TLS settings (ca_file): {type(exc).__name__}") from None
+        sni = server_hostname(self.endpoint.tls, self.endpoint.host)
+        self.step = "tls handshake"
+        await self._writer.start_tls(ctx, server_hostname=sni, ssl_handshake_timeout=self.step_timeout)
+        ssl_obj = self._writer.get_extra_info("ssl_object")
+        self.tls_version = ssl_obj.version() if ssl_obj is not None else None
+        self.transcript.note(f"TLS established ({self.tls_version or 'unknown version'}, verified as {sni})")
+
+    # -- line IO -------------------------------------------------------------------------
+    async def send(self, text: str, *, shown: str | None = None) -> None:
+        """Send one line (CRLF added). `shown` replaces the text in the transcript (secrets)."""
+        assert self._writer is not None
+        self.transcript.client(self.scrub(text if shown is None else shown))
+        try:
+            self._writer.write(text.encode("utf-8") + b"\r\n")
+            async with asyncio.timeout(self.step_timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            self.healthy = False
+            raise LineTimeout(f"server did not accept data within {self.step_timeout:g}s") from None
+        except (ConnectionError, ssl.SSLError) as exc:
+            self.healthy = False
+            raise ConnectionClosed(f"connection lost while sending ({type(exc).__name__})") from None
+
+    async def readline(self) -> str:
+        """One server line as text (terminator removed, secrets scrubbed), recorded in the transcript."""
+        assert self._lines is not None
+        try:
+            raw = await self._lines.readline()
+        except ProbeFailure as exc:
+            self.healthy = False
+            self.transcript.note(exc.detail)
+            raise
+        text = self.scrub(decode_line(raw))
+        self.transcript.server(text)
+        return text
+
+    async def readexactly(self, n: int) -> bytes:
+        """An IMAP literal's bytes (recorded in the transcript only as its size)."""
+        assert self._lines is not None
+        try:
+            data = await self._lines.readexactly(n)
+        except ProbeFailure as exc:
+            self.healthy = False
+            self.transcript.note(exc.detail)
+            raise
+        self.transcript.note(f"[literal of {n} bytes]")
+        return data
+
+    def fail(self, reason: Reason, step_text: str) -> ProbeFailure:
+        """A classified failure quoting the server's (scrubbed, shortened) reply."""
+        if reason in (Reason.PROTOCOL_ERROR, Reason.SERVER_UNAVAILABLE):
+            self.healthy = False
+        return ProbeFailure(reason, self.scrub(step_text)[:DETAIL_CHARS])
+
+    # -- teardown ------------------------------------------------------------------------
+    def abort(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.transport.abort()
+
+    async def close(self, deadline: float) -> None:
+        """Close and wait for it, but never past `deadline` nor CLOSE_TIMEOUT; then abort."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = min(CLOSE_TIMEOUT, deadline - loop.time())
+        closed = False
+        try:
+            writer.close()
+            if wait > 0:
+                async with asyncio.timeout(wait):
+                    await writer.wait_closed()
+                closed = True
+        except Exception:
+            pass  # closing is best effort: reset, timeout, TLS alerts
+        finally:
+            if not closed:
+                writer.transport.abort()
+
+
+# --------------------------------------------------------------------------- the wrapper
+
+Session = Callable[[MailConnection], Awaitable[dict[str, float | str]]]
+Goodbye = Callable[[MailConnection], Awaitable[None]]
+
+
+async def run_probe(
+    endpoint: Endpoint,
+    timeout: float,  # the probe budget, applied with asyncio.timeout_at
+    *,
+    implicit_tls: bool,
+    session: Session,
+    goodbye: Goodbye,
+    secrets: Iterable[str] = (),
+) -> ProbeResult:
+    """Connect, run `session` within `timeout`, say goodbye if orderly, close. Never raises
+    (except cancellation, which aborts the connection and propagates)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    deadline = start + timeout
+    transcript = Transcript()
+    conn = MailConnection(endpoint, transcript, step_timeout=timeout, secrets=secrets)
+    try:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await conn.connect(tls=implicit_tls)
+                facts = await session(conn)
+            result = ProbeResult.ok(loop.time() - start, transcript, **facts)
+        except Exception as exc:
+            reason, detail = classify_exception(exc, conn.step, timeout)
+            detail = conn.scrub(f"{conn.step}: {detail}")
+            transcript.note(f"probe failed: {reason.value} ({detail})")
+            result = ProbeResult.fail(reason, loop.time() - start, detail, transcript)
+        if conn.healthy and (result.success or result.reason in _POLITE_AFTER):
+            polite_until = min(deadline, loop.time() + GOODBYE_TIMEOUT)
+            if polite_until > loop.time():
+                try:
+                    async with asyncio.timeout_at(polite_until):
+                        await goodbye(conn)
+                except Exception:
+                    pass  # best effort: the result is already decided
+        await conn.close(deadline)
+    except BaseException:
+        conn.abort()
+        raise
+    return result

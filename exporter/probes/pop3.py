@@ -1,0 +1,145 @@
+"""POP3 probe: greeting, CAPA, AUTH XOAUTH2 (initial response on its own line), STAT, QUIT.
+
+Why the initial response goes on a separate line: Exchange Online rejects the one-line form
+`AUTH XOAUTH2 <b64>` with `-ERR Protocol error. Connection is closed. 10`; it wants
+`AUTH XOAUTH2`, waits for `+`, then takes the base64 string as the next line. A `+ <challenge>`
+after our response is the server's error challenge: we answer with an empty line and expect
+`-ERR`. poplib has no AUTH helper at all, hence this client (see mailconn for the rest of why).
+
+STAT is the post-login check (it proves the maildrop opened) and gives the `messages` fact.
+Nothing is retrieved or deleted: QUIT in the TRANSACTION state commits deletions, and we never
+mark any. The reply classification is the POP3_RULES table.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..config import Endpoint
+from ..reasons import Reason
+from .mailconn import MailConnection, ProbeFailure, classify_reply, rule, run_probe
+from .result import ProbeResult
+from .sasl import describe_challenge, initial_response, sasl_secrets
+
+MAX_CAPA_LINES = 200
+SASL_PLACEHOLDER = "[REDACTED SASL RESPONSE]"
+
+# Reply classification for -ERR replies, first match wins; anything unmatched is PROTOCOL_ERROR.
+# Steps: greeting, capa, auth start (after "AUTH XOAUTH2"), authenticate (after the response), stat.
+POP3_RULES = (
+    rule(Reason.SERVER_UNAVAILABLE, "-ERR", steps={"greeting"}),
+    rule(Reason.XOAUTH2_NOT_OFFERED, "-ERR",
+         r"unrecogni[sz]ed|unsupported|not supported|unknown (authentication|auth|mechanism)",
+         steps={"auth start"}),
+    rule(Reason.AUTH_FAILED, "-ERR", r"authentication fail"),  # Exchange's XOAUTH2 failure
+    rule(Reason.PROTOCOL_ERROR, "-ERR", r"protocol error"),  # Exchange: one-line AUTH form
+    rule(Reason.SERVER_UNAVAILABLE, "-ERR", r"unavailable|try again later|\[SYS/TEMP\]|\[IN-USE\]"),
+    rule(Reason.AUTH_FAILED, "-ERR", steps={"auth start", "authenticate"}),
+    rule(Reason.MAILBOX_NOT_ACCESSIBLE, "-ERR", steps={"stat"}),
+)
+
+_STAT = re.compile(r"^\+OK (\d{1,10}) (\d{1,20})\b", re.I)
+
+
+def _status(line: str) -> str:
+    """+OK, -ERR or + (continuation); "" for anything else."""
+    upper = line.upper()
+    if upper.startswith("+OK") and (len(line) == 3 or line[3] == " "):
+        return "+OK"
+    if upper.startswith("-ERR") and (len(line) == 4 or line[4] == " "):
+        return "-ERR"
+    if line == "+" or line.startswith("+ "):
+        return "+"
+    return ""
+
+
+def _failure(conn: MailConnection, line: str) -> ProbeFailure:
+    status = _status(line)
+    reason = Reason.PROTOCOL_ERROR
+    if status == "-ERR":
+        reason = classify_reply(POP3_RULES, conn.step, status, line)
+    return conn.fail(reason, line)
+
+
+async def _capa(conn: MailConnection) -> bool | None:
+    """True/False: XOAUTH2 offered or not; None: CAPA unsupported (we try AUTH anyway)."""
+    await conn.send("CAPA")
+    first = await conn.readline()
+    status = _status(first)
+    if status == "-ERR":
+        conn.transcript.note("CAPA not supported; trying AUTH XOAUTH2 anyway")
+        return None
+    if status != "+OK":
+        raise _failure(conn, first)
+    offered = False
+    for _ in range(MAX_CAPA_LINES):
+        line = await conn.readline()
+        if line == ".":
+            return offered
+        words = line.removeprefix(".").upper().split()
+        if words and words[0] == "SASL" and "XOAUTH2" in words[1:]:
+            offered = True
+    raise conn.fail(Reason.PROTOCOL_ERROR, f"CAPA list longer than {MAX_CAPA_LINES} lines")
+
+
+async def _session(conn: MailConnection, user: str, token: str) -> dict[str, float | str]:
+    conn.step = "greeting"
+    greeting = await conn.readline()
+    if _status(greeting) != "+OK":
+        raise _failure(conn, greeting)
+    conn.healthy = True
+
+    conn.step = "capa"
+    if await _capa(conn) is False:
+        raise conn.fail(Reason.XOAUTH2_NOT_OFFERED, "CAPA has no SASL line listing XOAUTH2")
+
+    conn.step = "auth start"
+    sasl = initial_response(user, token)
+    await conn.send("AUTH XOAUTH2")
+    line = await conn.readline()
+    if _status(line) != "+":
+        raise _failure(conn, line)
+
+    conn.step = "authenticate"
+    await conn.send(sasl, shown=SASL_PLACEHOLDER)
+    line = await conn.readline()
+    status = _status(line)
+    if status == "+":
+        challenge = describe_challenge(line[1:])
+        conn.transcript.note(challenge)
+        await conn.send("")
+        final = await conn.readline()
+        if _status(final) != "-ERR":
+            raise conn.fail(Reason.PROTOCOL_ERROR, f"after the error challenge the server said {final[:120]}")
+        reason = classify_reply(POP3_RULES, conn.step, "-ERR", final)
+        if reason is not Reason.SERVER_UNAVAILABLE:
+            reason = Reason.AUTH_FAILED
+        raise conn.fail(reason, f"{final} ({challenge})")
+    if status != "+OK":
+        raise _failure(conn, line)
+
+    conn.step = "stat"
+    await conn.send("STAT")
+    line = await conn.readline()
+    m = _STAT.match(line)
+    if m is None:
+        raise _failure(conn, line)
+    return {"messages": float(m.group(1))}
+
+
+async def _quit(conn: MailConnection) -> None:
+    conn.step = "quit"
+    await conn.send("QUIT")
+    await conn.readline()
+
+
+async def probe_pop3(endpoint: Endpoint, user: str, token: str, timeout: float) -> ProbeResult:
+    """Log in to POP3 with XOAUTH2 and STAT the maildrop. Never raises for a failed check;
+    `timeout` bounds the whole probe."""
+
+    async def session(conn: MailConnection) -> dict[str, float | str]:
+        return await _session(conn, user, token)
+
+    # Always implicit TLS (995): the probe never speaks STLS, so the token is never sent in clear.
+    return await run_probe(endpoint, timeout, implicit_tls=True, session=session, goodbye=_quit,
+                           secrets=sasl_secrets(user, token))
