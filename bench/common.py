@@ -1,0 +1,120 @@
+"""Benchmark plumbing: start the simulator and the exporter as processes, read /proc, scrape."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sim(mailboxes: int, credentials: int, **extra: Any) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    cmd = [sys.executable, str(ROOT / "bench" / "simserver.py"), "--mailboxes", str(mailboxes),
+           "--credentials", str(credentials)]
+    for k, v in extra.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout is not None
+    info = json.loads(proc.stdout.readline())
+    return proc, info
+
+
+def write_config(info: dict[str, Any], path: Path, checks: list[str], **defaults: Any) -> Path:
+    tls = {"ca_file": info["ca_file"]}
+    cfg = {
+        "defaults": {
+            "https": {"authority_host": info["authority_host"], "ca_file": info["ca_file"]},
+            "endpoints": {
+                "imap": {"host": "127.0.0.1", "port": info["imap_port"], "tls": tls},
+                "pop3": {"host": "127.0.0.1", "port": info["pop3_port"], "tls": tls},
+                "smtp": {"host": "127.0.0.1", "port": info["smtp_port"], "tls": tls},
+            },
+            **defaults,
+        },
+        "credentials": {
+            name: {"tenant_id": info["tenant"], "client_id": c["client_id"], "client_secret_file": c["secret_file"]}
+            for name, c in info["credentials"].items()
+        },
+        "mailboxes": [{**m, "checks": checks} for m in info["mailboxes"]],
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def start_exporter(config: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
+         f"127.0.0.1:{port}", "--log.level", "warning"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL,
+    )
+
+
+def get(url: str, timeout: float = 30, context: ssl.SSLContext | None = None) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as r:  # noqa: S310 - loopback only
+        return r.read()
+
+
+def wait_ready(port: int, seconds: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        try:
+            get(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+            return time.monotonic() - t0
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError("exporter not ready")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sim_token_requests(info: dict[str, Any]) -> int:
+    ctx = ssl.create_default_context(cafile=info["ca_file"])
+    stats = json.loads(get(info["authority_host"] + "/_sim/stats", context=ctx))
+    return sum(c["count"] for c in stats["counters"] if c["key"][0] == "token")
+
+
+def metric_sum(body: str, name: str) -> float:
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stop(*procs: subprocess.Popen[Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
