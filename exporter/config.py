@@ -85,6 +85,15 @@ class HTTPSSettings(_Model):
 class DNSSettings(_Model):
     resolvers: list[str] = []  # empty: the system resolver
 
+    @field_validator("resolvers")
+    @classmethod
+    def _resolvers(cls, v: list[str]) -> list[str]:
+        from .probes.dns import parse_resolver  # the probe's own parser: one definition of valid
+
+        for spec in v:
+            parse_resolver(spec)
+        return v
+
 
 class Defaults(_Model):
     interval: float = 60.0  # mail and network probes

@@ -115,6 +115,13 @@ def test_duplicate_mailbox_and_invalid_yaml() -> None:
     assert problem.startswith("cfg.yml:") and "invalid YAML" in problem
 
 
+def test_dns_resolvers_are_validated() -> None:
+    (problem,) = errors_of(GOOD.replace("  timeout: 5s", "  timeout: 5s\n  dns:\n    resolvers: [dns.example.com]"))
+    assert problem.startswith("cfg.yml:5: defaults.dns.resolvers:") and "expected an IP address" in problem
+    cfg = parse_config(GOOD.replace("  timeout: 5s", "  timeout: 5s\n  dns: {resolvers: ['10.0.0.2', '[::1]:53']}"))
+    assert cfg.defaults.dns.resolvers == ["10.0.0.2", "[::1]:53"]
+
+
 def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.yml")
