@@ -175,7 +175,7 @@ class _Probe:
 
 # `timeout` is the scheduler's interface (one budget per probe), enforced inside with timeout_at.
 async def probe_endpoint(
-    endpoint: Endpoint, timeout: float, resolvers: list[str] | None = None  # noqa: ASYNC109
+    endpoint: Endpoint, timeout: float, resolvers: list[str] | None = None
 ) -> ProbeResult:
     """DNS, TCP and verified TLS for one endpoint, bounded by `timeout` seconds. Never raises
     for a failed check (cancellation from the caller still propagates)."""
