@@ -3,6 +3,10 @@
 Why separate: MSAL reports failures three ways (an error dict, MsalServiceError, raw
 `requests` exceptions) and none carries the HTTP status or Retry-After; the provider's HTTP
 client observes those. This module joins the pieces into one reason an operator can act on.
+
+Socket and TLS errors found under requests' wrappers are mapped by probes/neterrors.py, the
+mapping the endpoint and mail probes use, so a broken path to the login host reads the same
+as a broken path to the mail host; only requests' own exceptions are handled here.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import requests
 
+from ..probes import neterrors
 from ..reasons import Reason, classify_aadsts
 from ..redact import redact
 
@@ -41,19 +46,26 @@ def from_msal_result(result: dict[str, Any], status: int | None, retry_after: fl
     return TokenError(reason, first_line, retry_after)
 
 
+# What neterrors may conclude from an exception under a requests wrapper, TLS aside.
+_PATH_REASONS = frozenset({
+    Reason.DNS_NXDOMAIN, Reason.DNS_SERVFAIL, Reason.CONNECTION_REFUSED, Reason.CONNECTION_RESET, Reason.TIMEOUT,
+})
+
+
 def from_exception(exc: BaseException) -> TokenError:
     """Network/TLS/proxy failures on the way to the identity platform."""
     name = type(exc).__name__
     chain = _causes(exc)
     if isinstance(exc, requests.exceptions.ProxyError):
         return TokenError(Reason.PROXY_ERROR, f"{name}: proxy refused or failed the connection")
-    for cause in chain:
+    for cause in chain:  # a failed certificate check explains whatever wraps it
         if isinstance(cause, ssl.SSLCertVerificationError):
-            code = getattr(cause, "verify_code", None)
-            reason = {10: Reason.TLS_CERT_EXPIRED, 62: Reason.TLS_HOSTNAME_MISMATCH}.get(code, Reason.TLS_UNTRUSTED)
-            return TokenError(reason, f"TLS verification failed: {cause.verify_message}")
+            return TokenError(neterrors.classify(cause), f"login host: {neterrors.describe(cause)}")
     if isinstance(exc, requests.exceptions.SSLError):
-        text = str(exc)
+        for cause in chain:
+            if isinstance(cause, ssl.SSLError):
+                return TokenError(neterrors.classify(cause), f"login host: {neterrors.describe(cause)}")
+        text = str(exc)  # the ssl error only survives as text
         if "CERTIFICATE_VERIFY_FAILED" in text:
             if "expired" in text:
                 return TokenError(Reason.TLS_CERT_EXPIRED, "TLS verification failed: certificate has expired")
@@ -63,14 +75,14 @@ def from_exception(exc: BaseException) -> TokenError:
         return TokenError(Reason.TLS_HANDSHAKE_FAILED, f"{name}: TLS handshake failed")
     if isinstance(exc, requests.exceptions.Timeout | TimeoutError):
         return TokenError(Reason.TIMEOUT, f"{name}: no answer from the identity platform within the timeout")
+    # Under a requests exception everything came off the socket; elsewhere only a socket error's own
+    # type is evidence (a PermissionError saving the token cache has an errno, but is no firewall).
+    wire = isinstance(exc, requests.exceptions.RequestException)
     for cause in chain:
-        if isinstance(cause, socket.gaierror):
-            return TokenError(Reason.DNS_NXDOMAIN if cause.errno == socket.EAI_NONAME else Reason.DNS_SERVFAIL,
-                              f"cannot resolve the login host: {cause.strerror}")
-        if isinstance(cause, ConnectionRefusedError):
-            return TokenError(Reason.CONNECTION_REFUSED, "connection to the login host refused")
-        if isinstance(cause, ConnectionResetError):
-            return TokenError(Reason.CONNECTION_RESET, "connection to the login host reset")
+        if wire or isinstance(cause, socket.gaierror | ConnectionError):
+            reason = neterrors.classify(cause)
+            if reason in _PATH_REASONS:
+                return TokenError(reason, f"login host: {neterrors.describe(cause)}")
     if isinstance(exc, requests.exceptions.ConnectionError):
         text = str(exc)
         if "Name or service not known" in text or "nodename nor servname" in text:

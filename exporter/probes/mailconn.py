@@ -14,7 +14,8 @@ a monitoring probe needs things those libraries do not give together —
   (IMAP EXAMINE, never SELECT; SMTP never sends mail). poplib has no AUTH at all.
 
 This module holds what the three protocols share: resolving and connecting (implicit TLS or
-STARTTLS upgrade on the same connection), classification of connect/TLS/DNS errors, a tiny rule
+STARTTLS upgrade on the same connection), classification of connect/TLS/DNS errors (the mapping
+itself is probes/neterrors.py, shared with the endpoint probe and the token provider), a tiny rule
 engine for reply classification (each protocol keeps its own table next to its code), and
 `run_probe`, the wrapper that guarantees a ProbeResult is always returned, the connection is
 always closed within the deadline, and no secret reaches the transcript or the detail.
@@ -23,7 +24,6 @@ always closed within the deadline, and no secret reaches the transcript or the d
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import re
 import socket
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..config import Endpoint
 from ..reasons import Reason
+from . import neterrors
 from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
 from .result import ProbeResult, Transcript
 from .tlsctx import client_context, server_hostname
@@ -52,37 +53,6 @@ GOODBYE_TIMEOUT = 1.0  # LOGOUT / QUIT: polite, but never worth more than this
 CLOSE_TIMEOUT = 0.5  # waiting for the transport to close (TLS close_notify) before aborting
 DETAIL_CHARS = 300
 
-# --------------------------------------------------------------------------- error tables
-
-# OpenSSL X509_V_ERR_* verify codes -> reason. Anything else that fails verification (9 not yet
-# valid, 23 revoked, 24 invalid CA...) is untrusted. Kept in step with the endpoint TLS probe
-# (probes/tcptls.py) so one broken endpoint shows the same reason for every check.
-TLS_VERIFY_REASONS: dict[int, Reason] = {
-    10: Reason.TLS_CERT_EXPIRED,  # CERT_HAS_EXPIRED
-    62: Reason.TLS_HOSTNAME_MISMATCH,  # HOSTNAME_MISMATCH
-    64: Reason.TLS_HOSTNAME_MISMATCH,  # IP_ADDRESS_MISMATCH (connecting by IP literal)
-    2: Reason.TLS_UNTRUSTED,  # UNABLE_TO_GET_ISSUER_CERT
-    18: Reason.TLS_UNTRUSTED,  # DEPTH_ZERO_SELF_SIGNED_CERT
-    19: Reason.TLS_UNTRUSTED,  # SELF_SIGNED_CERT_IN_CHAIN
-    20: Reason.TLS_UNTRUSTED,  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
-    21: Reason.TLS_UNTRUSTED,  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
-}
-
-# getaddrinfo error -> reason. glibc reports both SERVFAIL and an unanswered resolver as
-# EAI_AGAIN; a lookup that exceeds the probe timeout is DNS_TIMEOUT (see classify_exception).
-DNS_REASONS: dict[int, Reason] = {
-    socket.EAI_NONAME: Reason.DNS_NXDOMAIN,
-    getattr(socket, "EAI_NODATA", socket.EAI_NONAME): Reason.DNS_NXDOMAIN,
-    socket.EAI_AGAIN: Reason.DNS_SERVFAIL,
-    socket.EAI_FAIL: Reason.DNS_SERVFAIL,
-}
-
-# The path rejected the connection at once (ICMP unreachable, local firewall, no usable source
-# address): the connection_refused runbook (firewall REJECT, routes) applies; silence is timeout.
-_UNREACHABLE = {
-    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EPERM, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT,
-}
-
 # Reasons after which the session is still orderly, so LOGOUT/QUIT is polite and safe.
 _POLITE_AFTER = frozenset({
     Reason.AUTH_FAILED,
@@ -98,41 +68,18 @@ _POLITE_AFTER = frozenset({
 
 def classify_exception(exc: BaseException, step: str, timeout: float) -> tuple[Reason, str]:
     """Map an exception raised during `step` to (reason, short non-secret detail)."""
-    tls_step = step == "tls handshake"
     if isinstance(exc, ProbeFailure):
         return exc.reason, exc.detail
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError):  # our own step/probe deadline: say which, and how long
         if step == "resolve":
             return Reason.DNS_TIMEOUT, f"DNS lookup did not finish within {timeout:g}s"
         return Reason.TIMEOUT, f"no answer within {timeout:g}s"
-    if isinstance(exc, socket.gaierror):
-        reason = DNS_REASONS.get(exc.errno or 0, Reason.DNS_SERVFAIL)
-        return reason, f"DNS lookup failed: {exc.strerror or 'error'} (EAI {exc.errno})"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        reason = TLS_VERIFY_REASONS.get(code, Reason.TLS_UNTRUSTED)
-        return reason, f"certificate verify failed: {exc.verify_message} (X509 code {code})"
-    if isinstance(exc, ssl.SSLError):
+    reason = neterrors.classify(exc)
+    if reason is Reason.TLS_HANDSHAKE_FAILED and step != "tls handshake":
+        # a TLS alert or bad record once the session is up: the server broke the protocol
         what = getattr(exc, "reason", None) or type(exc).__name__
-        if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-            # the server hung up (mid-handshake too: a reset, as the endpoint TLS probe says)
-            return Reason.CONNECTION_RESET, f"TLS connection closed by the server: {what}"
-        if tls_step:
-            return Reason.TLS_HANDSHAKE_FAILED, f"TLS handshake failed: {what}"
         return Reason.PROTOCOL_ERROR, f"TLS error after the handshake: {what}"
-    if isinstance(exc, ConnectionRefusedError):
-        return Reason.CONNECTION_REFUSED, "connection refused"
-    if isinstance(exc, ConnectionError | asyncio.IncompleteReadError | EOFError):
-        where = " during the TLS handshake" if tls_step else ""
-        return Reason.CONNECTION_RESET, f"connection lost{where} ({type(exc).__name__})"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        name = errno.errorcode.get(exc.errno, str(exc.errno))
-        if exc.errno in _UNREACHABLE:
-            return Reason.CONNECTION_REFUSED, f"{name}: the network path rejected the connection"
-        if exc.errno == errno.ETIMEDOUT:
-            return Reason.TIMEOUT, f"{name}: no answer from the server"
-        return Reason.UNKNOWN, f"unexpected {type(exc).__name__} ({name})"
-    return Reason.UNKNOWN, f"unexpected {type(exc).__name__}"
+    return reason, neterrors.describe(exc)
 
 
 # --------------------------------------------------------------------------- reply rules
@@ -224,8 +171,8 @@ class MailConnection:
         for family, addr in addrs[:MAX_ADDRESSES]:
             try:
                 self._reader, self._writer = await asyncio.open_connection(addr, port, family=family)
-            except (ConnectionRefusedError, OSError) as exc:
-                if isinstance(exc, ConnectionRefusedError) or exc.errno in _UNREACHABLE:
+            except OSError as exc:
+                if neterrors.classify(exc) is Reason.CONNECTION_REFUSED:  # refused or unreachable
                     self.transcript.note(f"connect to {addr} port {port}: {type(exc).__name__}")
                     last = exc
                     continue

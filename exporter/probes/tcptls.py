@@ -9,22 +9,13 @@ Every wait is bounded by the probe's deadline (loop time), so a tarpit costs at 
 timeout. Nothing here ever sends a credential: the endpoint probe only proves the path and the
 certificate; authentication is the mail probes' job.
 
-Error mapping (closed set in exporter/reasons.py):
-- refused -> connection_refused; reset/aborted/EOF mid-handshake -> connection_reset;
-  no answer by the deadline -> timeout.
-- ICMP unreachable (EHOSTUNREACH/ENETUNREACH), a local firewall (EACCES/EPERM) and no usable
-  source address (EADDRNOTAVAIL/EAFNOSUPPORT, e.g. IPv6 disabled) -> connection_refused: the
-  path actively rejected the connection at once, which is what the refused runbook covers
-  (firewall REJECT rules, routes); `timeout` is kept for silence (DROP rules, tarpits).
-- ssl.SSLCertVerificationError.verify_code: 10 -> tls_cert_expired; 62/64 (host name / IP
-  mismatch) -> tls_hostname_mismatch; anything else (2, 18, 19, 20, 21, 9 not-yet-valid, ...)
-  -> tls_untrusted. Other ssl.SSLError -> tls_handshake_failed.
+Errors are mapped to the closed reason set by probes/neterrors.py, shared with the mail probes
+and the token provider so one broken path shows the same reason on every check.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import socket
 import ssl
 import time
@@ -32,21 +23,12 @@ from dataclasses import dataclass
 
 from ..reasons import Reason
 from .dns import Address
+from .neterrors import classify, describe
 from .result import Transcript
 
 MAX_ADDRESSES = 4  # addresses tried before giving up (bounded fail-over)
 MAX_REPLY_LINES = 64  # lines in one SMTP reply
 CLOSE_WAIT = 1.0  # seconds we wait for a polite close (QUIT reply, close_notify)
-
-X509_V_ERR_CERT_HAS_EXPIRED = 10
-X509_V_ERR_HOSTNAME_MISMATCH = 62
-X509_V_ERR_IP_ADDRESS_MISMATCH = 64
-
-_REFUSED_ERRNOS = {
-    errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EACCES, errno.EPERM,
-    errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT,
-}
-_RESET_ERRNOS = {errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
 
 
 class StageFailure(Exception):
@@ -77,47 +59,8 @@ def fmt_address(address: Address) -> str:
     return f"[{ip}]:{port}" if address[0] == socket.AF_INET6 else f"{ip}:{port}"
 
 
-def classify_os_error(exc: BaseException) -> Reason:
-    """Map a socket-level error to a reason (see the module docstring for why)."""
-    if isinstance(exc, TimeoutError):
-        return Reason.TIMEOUT
-    if isinstance(exc, ConnectionRefusedError):
-        return Reason.CONNECTION_REFUSED
-    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError | EOFError):
-        return Reason.CONNECTION_RESET
-    if isinstance(exc, ssl.SSLError):
-        return classify_tls_error(exc)
-    if isinstance(exc, OSError):
-        if exc.errno in _REFUSED_ERRNOS:
-            return Reason.CONNECTION_REFUSED
-        if exc.errno in _RESET_ERRNOS:
-            return Reason.CONNECTION_RESET
-        if exc.errno == errno.ETIMEDOUT:
-            return Reason.TIMEOUT
-    return Reason.UNKNOWN
-
-
-def classify_tls_error(exc: BaseException) -> Reason:
-    """Map a TLS handshake error to a reason."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        if code == X509_V_ERR_CERT_HAS_EXPIRED:
-            return Reason.TLS_CERT_EXPIRED
-        if code in (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH):
-            return Reason.TLS_HOSTNAME_MISMATCH
-        return Reason.TLS_UNTRUSTED
-    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return Reason.CONNECTION_RESET  # the server hung up mid-handshake
-    if isinstance(exc, ssl.SSLError):
-        return Reason.TLS_HANDSHAKE_FAILED
-    return classify_os_error(exc)
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message} (verify code {exc.verify_code})"
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if not isinstance(exc, ssl.SSLError) else text
+# endpoint.py imports the shared mapping from here under this name (with `describe`)
+classify_tls_error = classify
 
 
 # --------------------------------------------------------------------------- TCP
@@ -159,8 +102,8 @@ async def tcp_connect(
             conn = await connect_one(address, attempt_deadline)
         except (OSError, TimeoutError) as exc:  # TimeoutError is an OSError; listed for clarity
             duration = time.perf_counter() - start
-            reason = classify_os_error(exc)
-            what = "no answer" if isinstance(exc, TimeoutError) and not exc.errno else describe(exc)
+            reason = classify(exc)
+            what = describe(exc)
             where = fmt_address(address)
             transcript.note(f"TCP connect {where} failed after {duration * 1000:.1f} ms: {what}")
             first_failure = first_failure or StageFailure(reason, f"TCP connect {where}: {what}")
