@@ -100,6 +100,13 @@ class M365Collector(Collector):
             "Expiry of the app's client secrets and certificate credentials (Graph audit or declared)",
             labels=["credential", "key_id"],
         )
+        ag = lambda n, d, labels: GaugeMetricFamily(n, d + " (from the background Graph audit)", labels=labels)  # noqa: E731
+        audit_ok = ag("m365_app_audit_success", "1 if the last app-registration read from Microsoft Graph succeeded",
+                      ["credential"])
+        audit_fail = ag("m365_app_audit_failure_info", "1 while the app-registration audit fails with this reason",
+                        ["credential", "reason"])
+        redirect_ok = ag("m365_app_redirect_uri_match",
+                         "1 if app_external_url is among the app registration's web redirect URIs", ["credential"])
         eg = lambda n, d, labels: GaugeMetricFamily(n, d + " (from background endpoint probes)", labels=labels)  # noqa: E731
         dns_ok = eg("m365_dns_lookup_success", "1 if the host resolved", ["host"])
         dns_dur = eg("m365_dns_lookup_duration_seconds", "DNS resolution time", ["host"])
@@ -164,6 +171,13 @@ class M365Collector(Collector):
                 for fact, value in st.last.facts.items():
                     if fact.startswith(SECRET_PREFIX) and isinstance(value, int | float):
                         secret_exp.add_metric([key[1], fact[len(SECRET_PREFIX):]], float(value))
+                if key[2] == "graph":  # exporter/audit.py
+                    res = st.last
+                    audit_ok.add_metric([key[1]], 1.0 if res.success else 0.0)
+                    if not res.success and res.reason is not None:
+                        audit_fail.add_metric([key[1], res.reason.value], 1.0)
+                    if isinstance(res.facts.get("redirect_uri_match"), int | float):
+                        redirect_ok.add_metric([key[1]], float(res.facts["redirect_uri_match"]))
 
         for mailbox, (_, value) in messages_by_mailbox.items():
             messages.add_metric([mailbox], value)
@@ -185,8 +199,8 @@ class M365Collector(Collector):
         facts = dict(self.store.facts)
         yield from (success, duration, last_run, last_ok, interval, overdue, total, failures, failing, messages,
                     tok_ok, tok_dur, tok_exp, tok_last, tok_id, tok_fail, tok_fail_info, tok_req, tok_scope,
-                    secret_exp, info, dns_ok, dns_dur, tcp_ok, tcp_dur, tls_ok, tls_dur, tls_ver, tls_verified,
-                    tls_exp, ep_fail, build)
+                    secret_exp, audit_ok, audit_fail, redirect_ok, info, dns_ok, dns_dur, tcp_ok, tcp_dur, tls_ok,
+                    tls_dur, tls_ver, tls_verified, tls_exp, ep_fail, build)
         for name, doc in (
             ("m365_config_last_reload_successful", "0 if the last config reload failed (old config keeps running)"),
             ("m365_config_last_reload_success_timestamp_seconds", "When a config was last loaded successfully"),

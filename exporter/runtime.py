@@ -86,7 +86,9 @@ class Runtime:
         self.providers: dict[str, TokenProvider] = {}
         self._signatures: dict[str, tuple[object, ...]] = {}
         self.renderer = MetricsRenderer(self.store, self.credential_infos)
-        self.extra_jobs: list[Callable[[Runtime], list[Job]]] = []  # e.g. Graph app-registration audit
+        from .audit import AppRegistrationAudit  # Graph app-registration audit (credentials with graph_audit)
+
+        self.extra_jobs: list[Callable[[Runtime], list[Job]]] = [AppRegistrationAudit()]
         self.started_at = time.time()
         self._reload_lock = asyncio.Lock()
 
@@ -330,3 +332,7 @@ class Runtime:
         await self.scheduler.stop()
         for p in self.providers.values():
             p.close()
+        for extra in self.extra_jobs:
+            close = getattr(extra, "close", None)
+            if callable(close):
+                close()

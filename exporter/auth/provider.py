@@ -66,6 +66,73 @@ def required_permissions(cred: Credential, checks: set[str]) -> set[str]:
     return {table[c] for c in checks if c in table}
 
 
+def read_client_material(cred: Credential) -> tuple[Any, str]:
+    """The credential's client secret or certificate dict (None for a public client) and a hash
+    to detect rotation. Shared by the token provider, `login` and the Graph audit."""
+    c = cred
+    try:
+        if c.client_secret_file is not None:
+            secret: Any = Path(c.client_secret_file).read_text(encoding="utf-8").strip()
+        elif c.client_secret_env is not None:
+            import os
+
+            secret = os.environ.get(c.client_secret_env, "").strip()
+            if not secret:
+                raise TokenError(Reason.CREDENTIAL_UNREADABLE,
+                                 f"environment variable {c.client_secret_env} is empty or unset")
+        elif c.private_key_file is not None and c.certificate_file is not None:
+            key = Path(c.private_key_file).read_text(encoding="utf-8")
+            cert = Path(c.certificate_file).read_text(encoding="utf-8")
+            secret = {"private_key": key, "public_certificate": cert}
+            if c.private_key_password_env:
+                import os
+
+                secret["passphrase"] = os.environ.get(c.private_key_password_env, "")
+        else:
+            secret = None
+    except OSError as exc:
+        raise TokenError(Reason.CREDENTIAL_UNREADABLE, f"cannot read credential file: {exc.strerror}") from None
+    if isinstance(secret, str):
+        if not secret:
+            raise TokenError(Reason.CREDENTIAL_UNREADABLE, "client secret file is empty")
+        register_secret(secret)
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+    elif isinstance(secret, dict):
+        digest = hashlib.sha256((secret["private_key"] + secret["public_certificate"]).encode()).hexdigest()
+    else:
+        digest = "none"
+    return secret, digest
+
+
+def build_msal_app(
+    client_id: str,
+    authority: str,
+    http: MsalHttpClient,
+    secret: Any,
+    token_cache: msal.TokenCache,
+    *,
+    custom_authority: bool,
+    http_cache: dict[Any, Any] | None = None,
+    factory: Callable[..., msal.ClientApplication] | None = None,
+) -> msal.ClientApplication:
+    """One MSAL application built by the exporter's rules: our HTTP client (no environment CA or
+    proxy, always a timeout), no instance discovery for custom authority hosts (simulator,
+    sovereign overrides), confidential when there is a secret/certificate, else public.
+    `factory` overrides the class (e.g. `login`'s device-flow-capable confidential client).
+    Raises what MSAL raises (ValueError for a bad authority or key)."""
+    kwargs: dict[str, Any] = dict(authority=authority, http_client=http, token_cache=token_cache)
+    if http_cache is not None:
+        kwargs["http_cache"] = http_cache
+    if custom_authority:
+        kwargs["instance_discovery"] = False
+    if secret is not None:
+        kwargs["client_credential"] = secret
+        factory = factory or msal.ConfidentialClientApplication
+    else:
+        factory = factory or msal.PublicClientApplication
+    return factory(client_id, **kwargs)
+
+
 class TokenProvider:
     def __init__(self, name: str, cred: Credential, config: Config, checks: set[str]) -> None:
         self.name = name
@@ -219,39 +286,7 @@ class TokenProvider:
 
     def _read_material(self) -> tuple[Any, str]:
         """Client credential (secret or certificate dict) and a hash to detect rotation."""
-        c = self.cred
-        try:
-            if c.client_secret_file is not None:
-                secret: Any = Path(c.client_secret_file).read_text(encoding="utf-8").strip()
-            elif c.client_secret_env is not None:
-                import os
-
-                secret = os.environ.get(c.client_secret_env, "").strip()
-                if not secret:
-                    raise TokenError(Reason.CREDENTIAL_UNREADABLE,
-                                     f"environment variable {c.client_secret_env} is empty or unset")
-            elif c.private_key_file is not None and c.certificate_file is not None:
-                key = Path(c.private_key_file).read_text(encoding="utf-8")
-                cert = Path(c.certificate_file).read_text(encoding="utf-8")
-                secret = {"private_key": key, "public_certificate": cert}
-                if c.private_key_password_env:
-                    import os
-
-                    secret["passphrase"] = os.environ.get(c.private_key_password_env, "")
-            else:
-                secret = None
-        except OSError as exc:
-            raise TokenError(Reason.CREDENTIAL_UNREADABLE, f"cannot read credential file: {exc.strerror}") from None
-        if isinstance(secret, str):
-            if not secret:
-                raise TokenError(Reason.CREDENTIAL_UNREADABLE, "client secret file is empty")
-            register_secret(secret)
-            digest = hashlib.sha256(secret.encode()).hexdigest()
-        elif isinstance(secret, dict):
-            digest = hashlib.sha256((secret["private_key"] + secret["public_certificate"]).encode()).hexdigest()
-        else:
-            digest = "none"
-        return secret, digest
+        return read_client_material(self.cred)
 
     def _cache_stamp(self) -> str:
         try:
@@ -279,22 +314,12 @@ class TokenProvider:
                 raise TokenError(Reason.TOKEN_CACHE_CORRUPT, str(exc)) from None
         elif self._app is not None and digest == self._material_hash:
             return self._app
-        factory: Callable[..., msal.ClientApplication]
-        kwargs: dict[str, Any] = dict(
-            authority=self.authority,
-            http_client=self.http,
-            http_cache=self._http_cache,
-            token_cache=self._cache if self.cred.flow == "delegated" else msal.TokenCache(),
-        )
-        if self.custom_authority:
-            kwargs["instance_discovery"] = False
-        if secret is not None:
-            factory = msal.ConfidentialClientApplication
-            kwargs["client_credential"] = secret
-        else:
-            factory = msal.PublicClientApplication
         try:
-            app = factory(self.cred.client_id, **kwargs)
+            app = build_msal_app(
+                self.cred.client_id, self.authority, self.http, secret,
+                self._cache if self.cred.flow == "delegated" else msal.TokenCache(),
+                custom_authority=self.custom_authority, http_cache=self._http_cache,
+            )
         except TokenError:
             raise
         except ValueError as exc:

@@ -60,7 +60,7 @@ class Simulator:
         try:
             from .graph import add_graph_routes  # Microsoft Graph endpoints (app-registration audit)
 
-            add_graph_routes(idp.app, self.state)
+            add_graph_routes(idp.app, self.state, self.minter)
         except ImportError:
             pass
         self.idp_port = await idp.start(self.host, self._idp_fixed_port)

@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from ..config import Config
 from . import Simulator
+from .seed import make_app_certificate
 from .state import SimApp, SimMailbox, SimState, SimUser
 
 DEMO_APP_CLIENT_ID = "00000000-0000-0000-0000-00000000ece1"
@@ -31,27 +29,7 @@ DEMO_CERT_CLIENT_ID = "00000000-0000-0000-0000-00000000ece2"
 DEMO_DELEGATE_CLIENT_ID = "00000000-0000-0000-0000-00000000ece3"
 DEMO_DELEGATE_UPN = "svc-ece@contoso.example"
 DEMO_HOST = "localhost"
-
-
-def _self_signed_certificate(common_name: str) -> tuple[bytes, bytes]:
-    """A certificate credential for an app registration: (private key PEM, certificate PEM)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+DEMO_ECE_URL = "https://ece.contoso.example"  # the consuming application's external URL (redirect URI audit)
 
 
 def _write_private(path: Path, data: bytes) -> Path:
@@ -65,12 +43,13 @@ def seed_demo_state(workdir: Path) -> tuple[SimState, dict[str, Path]]:
     """The demo tenant, and the credential files the exporter will read."""
     state = SimState()
     secret = "demo-" + os.urandom(12).hex()
-    key_pem, cert_pem = _self_signed_certificate("ECE certificate app")
+    key_pem, cert_pem = make_app_certificate("ECE certificate app")
     now = dt.datetime.now(dt.UTC)
     state.apps[DEMO_APP_CLIENT_ID] = SimApp(
         DEMO_APP_CLIENT_ID, secret=secret, display_name="ECE mail app (secret)",
         password_credentials=[{"keyId": "6a1c0f52-demo-secret", "displayName": "ece-prod",
                                "endDateTime": (now + dt.timedelta(days=21)).isoformat()}],
+        redirect_uris=[f"{DEMO_ECE_URL}/system/web/view/platform/common/login/oauth2callback"],
     )
     state.apps[DEMO_CERT_CLIENT_ID] = SimApp(
         DEMO_CERT_CLIENT_ID, certificate_pem=cert_pem, display_name="ECE mail app (certificate)"
@@ -112,9 +91,13 @@ def demo_config(sim: Simulator, files: dict[str, Path], interval: float, token_i
         },
         "credentials": {
             "ece-app": {"tenant_id": sim.state.tenant_id, "client_id": DEMO_APP_CLIENT_ID,
-                        "client_secret_file": str(files["secret"])},
+                        "client_secret_file": str(files["secret"]), "graph_audit": True,
+                        "app_external_url": DEMO_ECE_URL},
             "ece-cert": {"tenant_id": sim.state.tenant_id, "client_id": DEMO_CERT_CLIENT_ID,
-                         "certificate_file": str(files["cert"]), "private_key_file": str(files["key"])},
+                         "certificate_file": str(files["cert"]), "private_key_file": str(files["key"]),
+                         # declared (ece-cert has no Graph audit): the certificate's own notAfter
+                         "secret_expiry": x509.load_pem_x509_certificate(files["cert"].read_bytes())
+                         .not_valid_after_utc.isoformat()},
             "support-delegate": {"tenant_id": sim.state.tenant_id, "client_id": DEMO_DELEGATE_CLIENT_ID,
                                  "flow": "delegated", "account": DEMO_DELEGATE_UPN,
                                  "token_cache": str(files["cache"])},

@@ -44,6 +44,7 @@ class SimApp:
     password_credentials: list[dict[str, Any]] = field(default_factory=list)
     key_credentials: list[dict[str, Any]] = field(default_factory=list)
     redirect_uris: list[str] = field(default_factory=list)
+    graph_denied: bool = False  # Graph answers 403 to this app's calls (Application.Read.All not granted)
 
 
 @dataclass
