@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import msal
 
-from .auth.errors import TokenError, from_exception, from_msal_result
+from .auth.errors import TokenError, from_exception, from_msal_result, from_observed_exception
 from .auth.http import MsalHttpClient
 from .auth.provider import build_msal_app, read_client_material
 from .collector import SECRET_PREFIX
@@ -207,7 +207,7 @@ class GraphAuditor:
         except TimeoutError:
             return self._failed(Reason.TIMEOUT, f"no answer from Microsoft Graph within {self.budget:g} s", t0)
         except Exception as exc:  # requests/MSAL raise many types: classify all
-            err = self._classify(exc)
+            err = from_observed_exception(exc, self.http)
             return self._failed(err.reason, err.detail, t0)
         facts = application_facts(self.cred, data)
         self.last_good = {k: v for k, v in facts.items() if k.startswith(SECRET_PREFIX) or k == F_REDIRECT_MATCH}
@@ -216,17 +216,6 @@ class GraphAuditor:
     def _failed(self, reason: Reason, detail: str, t0: float) -> ProbeResult:
         log.warning("app-registration audit of credential %s failed: %s: %s", self.name, reason.value, detail)
         return ProbeResult.fail(reason, time.monotonic() - t0, detail, **self.last_good)
-
-    def _classify(self, exc: BaseException) -> TokenError:
-        """MSAL raises on non-JSON error bodies; the HTTP status our client saw is the evidence."""
-        status = self.http.last_status
-        if status == 429:
-            return TokenError(Reason.THROTTLED, "HTTP 429 Too Many Requests", self.http.last_retry_after)
-        if status is not None and status >= 500:
-            return TokenError(Reason.IDP_UNAVAILABLE, f"HTTP {status} from the identity platform")
-        if status == 407:
-            return TokenError(Reason.PROXY_ERROR, "HTTP 407 proxy authentication required")
-        return from_exception(exc)
 
     def _application(self) -> msal.ClientApplication:
         secret, digest = read_client_material(self.cred)

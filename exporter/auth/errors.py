@@ -21,6 +21,7 @@ import requests
 from ..probes import neterrors
 from ..reasons import Reason, classify_aadsts
 from ..redact import redact
+from .http import MsalHttpClient
 
 
 class TokenError(Exception):
@@ -50,6 +51,19 @@ def from_msal_result(result: dict[str, Any], status: int | None, retry_after: fl
 _PATH_REASONS = frozenset({
     Reason.DNS_NXDOMAIN, Reason.DNS_SERVFAIL, Reason.CONNECTION_REFUSED, Reason.CONNECTION_RESET, Reason.TIMEOUT,
 })
+
+
+def from_observed_exception(exc: BaseException, http: MsalHttpClient) -> TokenError:
+    """MSAL raises on non-JSON error bodies (e.g. Entra's or a proxy's plain 429/503 page); the
+    HTTP status our client observed is then the best evidence, else the exception itself."""
+    status, retry_after = http.last_status, http.last_retry_after
+    if status == 429:
+        return TokenError(Reason.THROTTLED, "HTTP 429 Too Many Requests from the identity platform", retry_after)
+    if status is not None and status >= 500:
+        return TokenError(Reason.IDP_UNAVAILABLE, f"HTTP {status} from the identity platform", retry_after)
+    if status == 407:
+        return TokenError(Reason.PROXY_ERROR, "HTTP 407 proxy authentication required")
+    return from_exception(exc)
 
 
 def from_exception(exc: BaseException) -> TokenError:

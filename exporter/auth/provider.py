@@ -34,7 +34,7 @@ from ..reasons import Reason
 from ..redact import register_secret
 from .cache import CacheCorrupt, CacheMissing, load_cache, save_cache
 from .claims import decode_claims, token_identity, token_permissions
-from .errors import TokenError, from_exception, from_msal_result
+from .errors import TokenError, from_exception, from_msal_result, from_observed_exception
 from .http import MsalHttpClient
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class TokenProvider:
             fut.exception()  # mark retrieved: joiners may have gone away
             raise
         except BaseException as exc:
-            err = self._classify_exception(exc)
+            err = from_observed_exception(exc, self.http)
             self._last_error = err
             self._not_before = time.time() + (err.retry_after if err.retry_after else self.failure_backoff)
             fut.set_exception(err)
@@ -222,18 +222,6 @@ class TokenProvider:
             self.last_refresh_at = info.obtained_at
         fut.set_result(info)
         return info
-
-    def _classify_exception(self, exc: BaseException) -> TokenError:
-        """MSAL raises on non-JSON error bodies (e.g. a proxy's or Entra's plain 429/503 page):
-        the HTTP status our client observed is then the best evidence."""
-        status, retry_after = self.http.last_status, self.http.last_retry_after
-        if status == 429:
-            return TokenError(Reason.THROTTLED, "HTTP 429 Too Many Requests from the token endpoint", retry_after)
-        if status is not None and status >= 500:
-            return TokenError(Reason.IDP_UNAVAILABLE, f"HTTP {status} from the token endpoint", retry_after)
-        if status == 407:
-            return TokenError(Reason.PROXY_ERROR, "HTTP 407 proxy authentication required")
-        return from_exception(exc)
 
     def _acquire_blocking(self, force: bool) -> TokenInfo:
         self._http_cache.clear()  # never let MSAL answer from its failure cache (see module doc)

@@ -4,7 +4,7 @@ Why two paths: with configured `dns.resolvers` we query them directly with dnspy
 resolver, which tells NXDOMAIN, SERVFAIL and timeout apart exactly and never blocks a thread.
 Without them we use the system resolver (`loop.getaddrinfo`), because that is what the mail
 application on this host uses: /etc/hosts, nsswitch and resolv.conf semantics included. Its
-errors are coarser (see `_GAI_REASONS`). No cache on either path that we control: the probe
+errors are coarser (see `neterrors.DNS_REASONS`). No cache on either path that we control: the probe
 measures a real lookup each time.
 
 A and AAAA are asked concurrently; the lookup succeeds if either family returns an address.
@@ -29,6 +29,7 @@ import dns.rdatatype
 import dns.resolver
 
 from ..reasons import Reason
+from .neterrors import DNS_REASONS
 
 # (family, sockaddr) as accepted by socket.connect: (ip, port) or (ip, port, flowinfo, scope_id)
 Address = tuple[int, tuple]
@@ -37,14 +38,6 @@ Address = tuple[int, tuple]
 # (glibc folds both into EAI_AGAIN; its default per-try timeout is 5 s).
 EAI_AGAIN_TIMEOUT_AFTER = 1.0
 
-_GAI_REASONS: dict[int, Reason] = {
-    # the name does not exist, or exists with no address: the operator's fix is the same
-    socket.EAI_NONAME: Reason.DNS_NXDOMAIN,
-    socket.EAI_FAIL: Reason.DNS_SERVFAIL,  # non-recoverable failure from the name server
-}
-for _name in ("EAI_NODATA", "EAI_ADDRFAMILY"):  # glibc extensions, absent on some platforms
-    if hasattr(socket, _name):
-        _GAI_REASONS[getattr(socket, _name)] = Reason.DNS_NXDOMAIN
 
 
 @dataclass
@@ -190,7 +183,7 @@ async def _resolve_system(host: str, port: int, start: float) -> DNSOutcome:
             slow = time.perf_counter() - start >= EAI_AGAIN_TIMEOUT_AFTER
             reason = Reason.DNS_TIMEOUT if slow else Reason.DNS_SERVFAIL
         else:
-            reason = _GAI_REASONS.get(code, Reason.UNKNOWN) if code is not None else Reason.UNKNOWN
+            reason = DNS_REASONS.get(code, Reason.DNS_SERVFAIL) if code is not None else Reason.DNS_SERVFAIL
         return DNSOutcome(True, reason=reason, detail=f"{host}: {exc.strerror or exc}")
     except (UnicodeError, ValueError) as exc:  # e.g. an invalid IDNA label
         return DNSOutcome(True, reason=Reason.DNS_NXDOMAIN, detail=f"{host}: {exc}")
