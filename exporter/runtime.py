@@ -185,10 +185,11 @@ class Runtime:
         https_tls = TLSSettings(ca_file=config.defaults.https.ca_file)
         for cred in config.credentials.values():
             if config.defaults.https.proxy:
-                break  # the login host is reached through the proxy; a direct probe would mislead
-            url = urlsplit(config.authority_host(cred))
-            host, port = url.hostname or "", url.port or 443
-            out.setdefault(("endpoint", host, str(port)), Endpoint(host, port, https_tls))
+                break  # login and Graph are reached through the proxy; a direct probe would mislead
+            urls = [config.authority_host(cred)] + ([config.graph_url(cred)] if cred.graph_audit else [])
+            for url in map(urlsplit, urls):
+                host, port = url.hostname or "", url.port or 443
+                out.setdefault(("endpoint", host, str(port)), Endpoint(host, port, https_tls))
         return out
 
     # ------------------------------------------------------------------ probes

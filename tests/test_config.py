@@ -115,6 +115,21 @@ def test_duplicate_mailbox_and_invalid_yaml() -> None:
     assert problem.startswith("cfg.yml:") and "invalid YAML" in problem
 
 
+def test_unique_endpoints_cover_mail_login_and_graph_once() -> None:
+    from exporter.runtime import Runtime
+
+    cfg = parse_config(GOOD.replace("    client_secret_file: /run/secrets/app",
+                                    "    client_secret_file: /run/secrets/app\n    graph_audit: true"), "cfg.yml")
+    keys = set(Runtime(cfg).unique_endpoints(cfg))
+    assert keys == {
+        ("endpoint", "outlook.office365.com", "993"), ("endpoint", "smtp.office365.com", "587"),
+        ("endpoint", "pop.example.test", "1995"), ("endpoint", "login.microsoftonline.com", "443"),
+        ("endpoint", "graph.microsoft.com", "443"),
+    }
+    proxied = parse_config(GOOD.replace("  timeout: 5s", "  timeout: 5s\n  https: {proxy: 'http://proxy:3128'}"))
+    assert ("endpoint", "login.microsoftonline.com", "443") not in Runtime(proxied).unique_endpoints(proxied)
+
+
 def test_dns_resolvers_are_validated() -> None:
     (problem,) = errors_of(GOOD.replace("  timeout: 5s", "  timeout: 5s\n  dns:\n    resolvers: [dns.example.com]"))
     assert problem.startswith("cfg.yml:5: defaults.dns.resolvers:") and "expected an IP address" in problem

@@ -52,10 +52,6 @@ RUNBOOK_PAGES = {info.runbook for info in CATALOGUE.values()} | {"index"}
 # Everything else must return at least one series.
 MAY_BE_EMPTY = {
     ("m365-overview", "Failing endpoints and why", "A"): "demo endpoints are all reachable",
-    ("m365-overview", "Client secrets: time left (5 soonest)", "A"):
-        "client secret expiry comes from the Graph app-registration audit, which may not have run yet",
-    ("m365-credentials", "Client secret / certificate expiry (soonest first)", "A"): "same: Graph audit",
-    ("m365-credentials", "Client secret / certificate expiry (soonest first)", "B"): "same: Graph audit",
     ("m365-credentials", "Token refresh failures now", "A"): "demo token refreshes succeed",
     ("m365-credentials", "Token refresh failures by reason", "A"): "demo token refreshes succeed",
     ("m365-mailbox", "Token refresh failure and what to do", "A"): "demo token refreshes succeed",
