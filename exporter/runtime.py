@@ -292,11 +292,12 @@ class Runtime:
         m = next((m for m in self.config.mailboxes if m.label == mailbox or m.address == mailbox), None)
         if m is None:
             raise KeyError(f"unknown mailbox {mailbox!r}")
-        if check == "token":
-            return await self.run_token_probe(m.credential)
-        if check not in ("imap", "pop3", "smtp"):
+        if check not in ("token", "imap", "pop3", "smtp"):
             raise KeyError(f"unknown check {check!r} (token, imap, pop3, smtp)")
-        return await self.run_mail_probe(MailTarget(m, check))
+        async with self.scheduler.slot:  # on-demand probes share the scheduled probes' limit
+            if check == "token":
+                return await self.run_token_probe(m.credential)
+            return await self.run_mail_probe(MailTarget(m, check))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -71,6 +71,11 @@ class Scheduler:
     async def run_now(self, job: Job) -> None:
         await self._run_once(job)
 
+    @property
+    def slot(self) -> asyncio.Semaphore:
+        """The global concurrency limit, for on-demand probes (GET /probe) to share."""
+        return self._sem
+
     async def _loop(self, job: Job) -> None:
         origin = time.monotonic() + job.phase * job.interval  # this job's slot on its interval grid
         await asyncio.sleep(job.phase * min(job.interval, STARTUP_SPREAD))

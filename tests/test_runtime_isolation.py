@@ -55,3 +55,23 @@ async def test_tarpit_costs_one_slot_for_its_timeout(tmp_path: Path) -> None:
     scrape_times.sort()
     assert scrape_times[len(scrape_times) // 2] < 0.02, scrape_times[-5:]
     assert scrape_times[-1] < 0.25
+
+
+async def test_on_demand_probe_shares_the_concurrency_limit(tmp_path: Path) -> None:
+    env = await start_env(tmp_path, delegated_login=False)
+    raw = env.config(concurrency=1, network_checks=False).model_dump(mode="json")
+    raw["credentials"] = {"app": raw["credentials"]["app"]}
+    raw["mailboxes"] = [m for m in raw["mailboxes"] if m["credential"] == "app"]
+    rt = Runtime(Config.model_validate(raw))
+    rt.apply(rt.config)
+    await rt.scheduler.stop()
+    try:
+        async with rt.scheduler.slot:  # every slot busy
+            pending = asyncio.create_task(rt.probe_now("sales@contoso.example", "imap"))
+            await asyncio.sleep(0.5)
+            assert not pending.done()  # /probe waits for a slot instead of exceeding the limit
+        result = await asyncio.wait_for(pending, 10)
+        assert result.success
+    finally:
+        await rt.stop()
+        await env.sim.close()
