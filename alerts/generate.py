@@ -212,6 +212,17 @@ class Q:
     def last(self, metric: str, *matchers: str) -> str:
         return f"last_over_time({self.sel(metric, *matchers)}[{self.gap}])"
 
+    def failing(self, info: str, keys: str, match: str, success: str, window: str, on: str = "") -> str:
+        """The `info` failure series (see current_or_last) where `success` stayed 0 for `window`.
+
+        `success` is a selector; the two are joined on `on`, by default the failure keys.
+        """
+        return (
+            f"{self.current_or_last(info, keys, match)}\n"
+            f"and on ({on or keys})\n"
+            f"max_over_time({success}[{window}]) == 0"
+        )
+
 
 def _indent(text: str, n: int = 2) -> str:
     pad = " " * n
@@ -305,68 +316,68 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             "annotations": annotations,
         })
 
+    def add_failing(name: str, expr: str, summary: str, subject: str, reasons: list[Reason],
+                    dashboard: dict[str, str], *, words: list[Reason] | None = None,
+                    name_exporter: bool = False, consequence: str = "") -> None:
+        """A critical alert on a `*_failure_info` series: the description says for how long, why in plain
+        words (`words`, default `reasons`) and links the runbook of the reason (also as `reason_url`)."""
+        url = reason_url(base, reasons)
+        exporter = ", exporter {{ $labels.instance }}" if name_exporter else ""
+        add(
+            name, expr, A[name]["for"], "critical", summary,
+            f"{subject} for {A[name]['window']} or more: "
+            f"{reason_words(reasons if words is None else words)} (reason {{{{ $labels.reason }}}}{exporter}). "
+            f"{consequence}Fix: {url}",
+            dashboard, more={"reason_url": url},
+        )
+
     # ---- mailbox checks (imap / pop3 / smtp)
     a = A["M365MailboxAuthFailing"]
     mk = "job, instance, mailbox, check"
     mchk = f'check=~"{MAIL_CHECKS}"'
-    add(
+    add_failing(
         "M365MailboxAuthFailing",
-        f"{q.current_or_last('m365_probe_failure_info', mk, mchk)}\n"
-        f"and on ({mk})\n"
-        f"max_over_time({q.sel('m365_probe_success', mchk)}[{a['window']}]) == 0",
-        a["for"], "critical",
+        q.failing("m365_probe_failure_info", mk, mchk, q.sel("m365_probe_success", mchk), a["window"]),
         "A mailbox check (IMAP/POP3/SMTP with OAuth) keeps failing",
-        "{{ $labels.check | toUpper }} access to mailbox {{ $labels.mailbox }} has not succeeded for "
-        f"{a['window']} or more: {reason_words(all_reasons)} (reason {{{{ $labels.reason }}}}, "
-        "exporter {{ $labels.instance }}). Fix: " + reason_url(base, all_reasons),
-        dash("m365-mailbox", "mailbox"),
-        more={"reason_url": reason_url(base, all_reasons)},
+        "{{ $labels.check | toUpper }} access to mailbox {{ $labels.mailbox }} has not succeeded",
+        all_reasons, dash("m365-mailbox", "mailbox"), name_exporter=True,
     )
 
     # ---- credentials / tokens
     a = A["M365TokenRefreshFailing"]
     ck = "job, instance, credential"
     excl = 'reason!~"' + "|".join(OWN_ALERT_TOKEN_REASONS) + '"'
-    add(
+    add_failing(
         "M365TokenRefreshFailing",
-        f"{q.current_or_last('m365_token_refresh_failure_info', ck, excl)}\n"
-        f"and on ({ck})\n"
-        f"max_over_time({q.sel('m365_token_refresh_success')}[{a['window']}]) == 0",
-        a["for"], "critical",
+        q.failing("m365_token_refresh_failure_info", ck, excl, q.sel("m365_token_refresh_success"), a["window"]),
         "Cannot obtain an OAuth token from Microsoft Entra ID",
-        "Credential {{ $labels.credential }} has not obtained a token from the identity platform for "
-        f"{a['window']} or more: {reason_words(token_side)} (reason {{{{ $labels.reason }}}}). "
-        "Mailboxes using it fail as soon as their cached access token expires (within about an hour). "
-        "Fix: " + reason_url(base, token_side),
-        dash("m365-credentials", "credential"),
-        more={"reason_url": reason_url(base, token_side)},
+        "Credential {{ $labels.credential }} has not obtained a token from the identity platform",
+        token_side, dash("m365-credentials", "credential"),
+        consequence="Mailboxes using it fail as soon as their cached access token expires (within about an "
+        "hour). ",
     )
 
-    a = A["M365TokenWrongIdentity"]
-    add(
-        "M365TokenWrongIdentity",
+    def add_token_reason(name: str, reason: str, expr: str, summary: str, description: str) -> None:
+        """A critical alert of its own for one token refresh reason (OWN_ALERT_TOKEN_REASONS)."""
+        add(name, expr, A[name]["for"], "critical", summary, f"{description} Fix: {base}/token.md#{reason}",
+            dash("m365-credentials", "credential"), labels={"reason": reason})
+
+    add_token_reason(
+        "M365TokenWrongIdentity", "wrong_identity",
         f"{q.last('m365_token_identity_match')} == 0",
-        a["for"], "critical",
         "OAuth token was issued for the wrong account",
         "The token of credential {{ $labels.credential }} was issued for a different user (delegated) or "
         "application (app-only) than configured, so mailbox checks with it fail. Re-run "
         "`m365-mail-exporter login --credential {{ $labels.credential }}` in a private browser window "
-        f"signed in as the configured account only. Fix: {base}/token.md#wrong_identity",
-        dash("m365-credentials", "credential"),
-        labels={"reason": "wrong_identity"},
+        "signed in as the configured account only.",
     )
-
-    a = A["M365TokenMissingScope"]
-    add(
-        "M365TokenMissingScope",
+    add_token_reason(
+        "M365TokenMissingScope", "missing_scope",
         f"{q.last('m365_token_missing_scope')} == 1",
-        a["for"], "critical",
         "OAuth token lacks a permission the mailbox checks need",
         "The token of credential {{ $labels.credential }} lacks {{ $labels.scope }}, which its mailbox "
         "checks need. Add the API permission to the app registration and grant admin consent "
-        f"(delegated: then re-run login). Fix: {base}/token.md#missing_scope",
-        dash("m365-credentials", "credential"),
-        labels={"reason": "missing_scope"},
+        "(delegated: then re-run login).",
     )
 
     a = A["M365ClientSecretExpiringSoon"]
@@ -428,32 +439,25 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     ek = "job, instance, host, port"
     a = A["M365TLSCertificateInvalid"]
     cert_match = 'reason=~"' + "|".join(CERT_REASONS) + '"'
-    add(
+    add_failing(
         "M365TLSCertificateInvalid",
-        f"{q.current_or_last('m365_endpoint_failure_info', ek, cert_match)}\n"
-        f"and on ({ek})\n"
-        f"max_over_time({q.sel('m365_tls_cert_verified')}[{a['window']}]) == 0",
-        a["for"], "critical",
+        q.failing("m365_endpoint_failure_info", ek, cert_match, q.sel("m365_tls_cert_verified"), a["window"]),
         "A mail endpoint's TLS certificate does not verify",
-        "The TLS certificate of {{ $labels.host }}:{{ $labels.port }} has failed verification for "
-        f"{a['window']} or more: {reason_words(cert_reasons)} (reason {{{{ $labels.reason }}}}, "
-        "exporter {{ $labels.instance }}). Clients that verify TLS cannot connect. Fix: "
-        + reason_url(base, cert_reasons),
-        dash("m365-credentials"),
-        more={"reason_url": reason_url(base, cert_reasons)},
+        "The TLS certificate of {{ $labels.host }}:{{ $labels.port }} has failed verification",
+        cert_reasons, dash("m365-credentials"), name_exporter=True,
+        consequence="Clients that verify TLS cannot connect. ",
     )
 
     a = A["M365EndpointUnreachable"]
     not_dns_or_cert = 'reason!~"dns_.*|' + "|".join(CERT_REASONS) + '"'
     w = a["window"]
     dns_match = 'reason=~"dns_.*"'
-    add(
+    add_failing(
         "M365EndpointUnreachable",
         "(\n"
         + _indent(
-            f"{q.current_or_last('m365_endpoint_failure_info', ek, dns_match)}\n"
-            f"and on (job, instance, host)\n"
-            f"max_over_time({q.sel('m365_dns_lookup_success')}[{w}]) == 0"
+            q.failing("m365_endpoint_failure_info", ek, dns_match, q.sel("m365_dns_lookup_success"), w,
+                      on="job, instance, host")
         )
         + "\n)\nor\n(\n"
         + _indent(
@@ -463,13 +467,9 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             f"  max_over_time({q.sel('m365_tls_handshake_success')}[{w}]) == 0\n)"
         )
         + "\n)",
-        a["for"], "critical",
         "A Microsoft 365 mail endpoint is unreachable (DNS, TCP or TLS)",
-        "{{ $labels.host }}:{{ $labels.port }} has been unreachable from exporter {{ $labels.instance }} for "
-        f"{w} or more: {reason_words([*other_net, Reason.UNKNOWN])} (reason {{{{ $labels.reason }}}}). "
-        "Fix: " + reason_url(base, other_net),
-        dash("m365-overview", "instance"),
-        more={"reason_url": reason_url(base, other_net)},
+        "{{ $labels.host }}:{{ $labels.port }} has been unreachable from exporter {{ $labels.instance }}",
+        other_net, dash("m365-overview", "instance"), words=[*other_net, Reason.UNKNOWN],
     )
 
     # ---- mailbox backlog

@@ -15,23 +15,16 @@ import json
 import os
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (
-    cpu_seconds,
-    free_port,
-    get,
-    metric_sum,
-    rss_mib,
-    start_exporter,
-    start_sim,
-    stop,
-    wait_ready,
-    write_config,
-)
+from bench.common import cpu_seconds, get, metric_sum, rss_mib, start_stack, stop, wait_ready
+
+
+def token_probes(body: str) -> float:
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in body.splitlines()
+               if ln.startswith('m365_probes_total{check="token"'))
 
 
 async def tls_floor(port: int, ca_file: str, concurrency: int, seconds: float) -> tuple[int, float]:
@@ -64,13 +57,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--concurrency", type=int, default=64)
     args = p.parse_args()
-    sim, info = start_sim(args.mailboxes, args.credentials)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-probes-"))
     # an interval short enough that the scheduler is always saturated: we measure capacity
-    cfg = write_config(info, tmp / "cfg.yml", ["imap", "pop3", "smtp"], interval=5, token_interval=300,
-                       timeout=30, concurrency=args.concurrency, network_checks=False)
-    port = free_port()
-    exp = start_exporter(cfg, port)
+    sim, info, exp, port = start_stack(args.mailboxes, args.credentials, "bench-probes-", ["imap", "pop3", "smtp"],
+                                       interval=5, token_interval=300, timeout=30, concurrency=args.concurrency)
     try:
         wait_ready(port, 600)
         url = f"http://127.0.0.1:{port}/metrics"
@@ -80,11 +69,7 @@ def main() -> None:
         body1 = get(url).decode()
         n1, c1, t1 = metric_sum(body1, "m365_probes_total"), cpu_seconds(exp.pid), time.monotonic()
         # token mirrors are bookkeeping, not network probes: count only imap/pop3/smtp
-        token0 = sum(float(ln.rsplit(" ", 1)[1]) for ln in body0.splitlines()
-                     if ln.startswith('m365_probes_total{check="token"'))
-        token1 = sum(float(ln.rsplit(" ", 1)[1]) for ln in body1.splitlines()
-                     if ln.startswith('m365_probes_total{check="token"'))
-        probes = (n1 - n0) - (token1 - token0)
+        probes = (n1 - n0) - (token_probes(body1) - token_probes(body0))
         failures = metric_sum(body1, "m365_probe_failure_info")
         rss = rss_mib(exp.pid)
     finally:

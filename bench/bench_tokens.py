@@ -11,22 +11,11 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import (
-    free_port,
-    get,
-    rss_mib,
-    sim_token_requests,
-    start_exporter,
-    start_sim,
-    stop,
-    wait_ready,
-    write_config,
-)
+from bench.common import get, rss_mib, sim_token_requests, start_stack, stop, wait_ready
 
 
 def main() -> None:
@@ -37,12 +26,8 @@ def main() -> None:
     p.add_argument("--intervals", type=int, default=3)
     p.add_argument("--scrapes", type=int, default=200)
     args = p.parse_args()
-    sim, info = start_sim(args.mailboxes, args.credentials)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-tokens-"))
-    cfg = write_config(info, tmp / "cfg.yml", ["imap"], interval=60, token_interval=args.token_interval,
-                       timeout=15, concurrency=64, network_checks=False)
-    port = free_port()
-    exp = start_exporter(cfg, port)
+    sim, info, exp, port = start_stack(args.mailboxes, args.credentials, "bench-tokens-", ["imap"],
+                                       interval=60, token_interval=args.token_interval, timeout=15, concurrency=64)
     try:
         ready_s = wait_ready(port, 180)
         time.sleep(args.token_interval * 1.5)  # first runs are spread over start-up; measure steady state

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -65,6 +66,20 @@ def start_exporter(config: Path, port: int) -> subprocess.Popen[bytes]:
          f"127.0.0.1:{port}", "--log.level", "warning"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL,
     )
+
+
+def start_stack(
+    mailboxes: int, credentials: int, tmp_prefix: str, checks: list[str], **defaults: Any
+) -> tuple[subprocess.Popen[str], dict[str, Any], subprocess.Popen[bytes], int]:
+    """Start the simulator and an exporter probing it (network checks off, config in a new temp dir).
+
+    Returns (simulator, its info, exporter, exporter port); the caller stops both processes.
+    """
+    sim, info = start_sim(mailboxes, credentials)
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix))
+    cfg = write_config(info, tmp / "cfg.yml", checks, **defaults, network_checks=False)
+    port = free_port()
+    return sim, info, start_exporter(cfg, port), port
 
 
 def get(url: str, timeout: float = 30, context: ssl.SSLContext | None = None) -> bytes:

@@ -10,10 +10,10 @@ Conventions enforced here (and checked by tests/test_dashboards.py):
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
-from grafana_foundation_sdk.builders import bargauge, stat, table
+from grafana_foundation_sdk.builders import bargauge, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
 from grafana_foundation_sdk.builders import dashboard as db
 from grafana_foundation_sdk.builders import prometheus as pb
@@ -34,6 +34,11 @@ DAY = 86400
 EXPIRY_STEPS: list[tuple[float | None, str]] = [(None, "red"), (7 * DAY, "orange"), (30 * DAY, "green")]
 # Access tokens live ~60-90 minutes and are renewed well before expiry.
 TOKEN_STEPS: list[tuple[float | None, str]] = [(None, "red"), (120, "orange"), (300, "green")]
+# 0/1 values: 1 is good (success, match, up) / 1 is bad (missing, overdue; also counts of failures).
+PASS_STEPS: list[tuple[float | None, str]] = [(None, "red"), (1, "green")]
+FAIL_STEPS: list[tuple[float | None, str]] = [(None, "green"), (1, "red")]
+# Labels that only identify the scrape, hidden from tables.
+SCRAPE_FIELDS = ("Time", "Value", "__name__", "job", "instance")
 
 
 def runbook(page: str) -> str:
@@ -58,6 +63,11 @@ def query(
     if legend is not None:
         q = q.legend_format(legend)
     return q
+
+
+def table_query(ref: str, expr: str) -> pb.Dataquery:
+    """Instant query in table format (one row per series), for table panels."""
+    return query(ref, expr, instant=True, table_format=True)
 
 
 def with_meaning(expr: str) -> str:
@@ -228,13 +238,16 @@ def link(title: str, url: str, tooltip: str = "") -> db.DashboardLink:
     )
 
 
+def runbook_link(page: str) -> db.DashboardLink:
+    """Panel link to one runbook page: "Token runbook" -> docs/runbooks/token.md."""
+    return link(f"{page.capitalize()} runbook", runbook(page))
+
+
 def transformation(id_: str, options: dict[str, object]) -> dm.DataTransformerConfig:
     return dm.DataTransformerConfig(id_val=id_, options=options)
 
 
-def organize(
-    order: Sequence[str], exclude: Iterable[str] = ("Time", "Value", "__name__", "job", "instance")
-) -> dm.DataTransformerConfig:
+def organize(order: Sequence[str], exclude: Iterable[str] = SCRAPE_FIELDS) -> dm.DataTransformerConfig:
     return transformation(
         "organize",
         {
@@ -246,6 +259,15 @@ def organize(
 
 
 # --- panels ----------------------------------------------------------------------------------------------
+
+
+class Viz(NamedTuple):
+    """A panel builder with what it shows; title, description and size are given where it is placed."""
+
+    panel: Any
+    unit: str
+    targets: Sequence[pb.Dataquery]
+    links: Sequence[db.DashboardLink] = ()
 
 
 class Layout:
@@ -276,6 +298,19 @@ class Layout:
         if links:
             panel.links(list(links))
         self.dashboard.with_panel(panel)
+
+    def place(self, viz: Viz, *, title: str, description: str, w: int, h: int) -> None:
+        """Add a ready-made panel (see `Viz`) with its title, description and size."""
+        self.add(
+            viz.panel,
+            title=title,
+            description=description,
+            unit=viz.unit,
+            w=w,
+            h=h,
+            targets=viz.targets,
+            links=viz.links,
+        )
 
 
 def new_dashboard(uid: str, title: str, description: str, variables: Sequence[cogbuilder.Builder]) -> Layout:
@@ -314,23 +349,8 @@ def new_dashboard(uid: str, title: str, description: str, variables: Sequence[co
     return Layout(d)
 
 
-def status_stat(*, name_mode: bool = True) -> stat.Panel:
-    """Big green/red tiles for 0/1 gauges."""
-    return (
-        stat.Panel()
-        .mappings(status_mappings())
-        .thresholds(steps([(None, "red"), (1, "green")]))
-        .color_mode(cm.BigValueColorMode.BACKGROUND_SOLID)
-        .graph_mode(cm.BigValueGraphMode.NONE)
-        .text_mode(cm.BigValueTextMode.VALUE_AND_NAME if name_mode else cm.BigValueTextMode.VALUE)
-        .justify_mode(cm.BigValueJustifyMode.CENTER)
-        .orientation(cm.VizOrientation.AUTO)
-        .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
-        .no_value("NO DATA")
-    )
-
-
 def number_stat(spec: Sequence[tuple[float | None, str]], *, name_mode: bool = False) -> stat.Panel:
+    """Big tiles of the last value, background coloured by `spec`."""
     return (
         stat.Panel()
         .thresholds(steps(spec))
@@ -339,6 +359,16 @@ def number_stat(spec: Sequence[tuple[float | None, str]], *, name_mode: bool = F
         .text_mode(cm.BigValueTextMode.VALUE_AND_NAME if name_mode else cm.BigValueTextMode.VALUE)
         .justify_mode(cm.BigValueJustifyMode.CENTER)
         .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+
+
+def status_stat(*, name_mode: bool = True) -> stat.Panel:
+    """Big green/red tiles for 0/1 gauges."""
+    return (
+        number_stat(PASS_STEPS, name_mode=name_mode)
+        .mappings(status_mappings())
+        .orientation(cm.VizOrientation.AUTO)
+        .no_value("NO DATA")
     )
 
 
@@ -359,6 +389,38 @@ def time_left_bargauge(spec: Sequence[tuple[float | None, str]], max_seconds: fl
     )
 
 
+def labelled_table(
+    columns: Sequence[tuple[str, str]],
+    *,
+    props: Mapping[str, Sequence[dm.DynamicConfigValue]] | None = None,
+    exclude: Iterable[str] = SCRAPE_FIELDS,
+    merge: bool = False,
+) -> table.Panel:
+    """Table of the given (field, display name) columns in this order; `props` adds properties by field.
+
+    merge=True first joins instant table queries A, B, ... on their labels (value columns `Value #A`, ...).
+    """
+    p = table.Panel()
+    if merge:
+        p = p.with_transformation(transformation("merge", {}))
+    p = p.with_transformation(organize([name for name, _ in columns], exclude))
+    for name, display in columns:
+        p = p.override_by_name(name, [prop("displayName", display), *(props or {}).get(name, ())])
+    return p
+
+
+def merged_table(
+    keys: Sequence[tuple[str, str]], values: Sequence[tuple[str, str, Sequence[dm.DynamicConfigValue]]]
+) -> table.Panel:
+    """Join instant table queries on their labels: `keys` columns, then (refId, column name, properties)."""
+    return labelled_table(
+        [*keys, *((f"Value #{ref}", name) for ref, name, _ in values)],
+        props={f"Value #{ref}": props for ref, _, props in values},
+        exclude=("Time",),
+        merge=True,
+    )
+
+
 def failure_table(
     columns: Sequence[tuple[str, str]], *, subject_link: dict[str, object] | None = None
 ) -> table.Panel:
@@ -366,63 +428,121 @@ def failure_table(
 
     The query must be `with_meaning(...)` so `meaning` and `runbook` exist as copies of `reason`.
     """
-    order = [name for name, _ in columns] + ["reason", "meaning", "runbook"]
-    p = (
-        table.Panel()
-        .with_transformation(organize(order))
+    open_runbook = {
+        "title": "Open runbook",
+        "url": RUNBOOK_URL + "${__value.text}.md#${__value.raw}",
+        "targetBlank": True,
+    }
+    props = {
+        "reason": [prop("color", {"mode": "fixed", "fixedColor": "red"}), cell("color-text")],
+        "meaning": [prop("mappings", [reason_summary_mapping()])],
+        "runbook": [prop("mappings", [reason_runbook_mapping()]), prop("links", [open_runbook])],
+    }
+    if subject_link is not None:
+        props["mailbox"] = [prop("links", [subject_link])]
+    return (
+        labelled_table(
+            [*columns, ("reason", "Reason"), ("meaning", "What it means"), ("runbook", "Runbook")], props=props
+        )
         .cell_height(cm.TableCellHeight.MD)
         .no_value("No failures")
         .show_header(True)
     )
-    for name, display in columns:
-        props = [prop("displayName", display)]
-        if name == "mailbox" and subject_link is not None:
-            props.append(prop("links", [subject_link]))
-        p = p.override_by_name(name, props)
-    p = p.override_by_name(
-        "reason",
-        [
-            prop("displayName", "Reason"),
-            prop("color", {"mode": "fixed", "fixedColor": "red"}),
-            cell("color-text"),
-        ],
-    )
-    p = p.override_by_name(
-        "meaning", [prop("displayName", "What it means"), prop("mappings", [reason_summary_mapping()])]
-    )
-    p = p.override_by_name(
-        "runbook",
-        [
-            prop("displayName", "Runbook"),
-            prop("mappings", [reason_runbook_mapping()]),
-            prop(
-                "links",
-                [
-                    {
-                        "title": "Open runbook",
-                        "url": RUNBOOK_URL + "${__value.text}.md#${__value.raw}",
-                        "targetBlank": True,
-                    }
-                ],
-            ),
-        ],
-    )
-    return p
 
 
-def hidden_legend() -> cb.VizLegendOptions:
+def list_legend(*, show: bool) -> cb.VizLegendOptions:
+    """Legend as a list below the graph; show=False hides it (state timelines name their rows)."""
     return (
         cb.VizLegendOptions()
-        .show_legend(False)
+        .show_legend(show)
         .display_mode(cm.LegendDisplayMode.LIST)
         .placement(cm.LegendPlacement.BOTTOM)
     )
 
 
-def bottom_legend() -> cb.VizLegendOptions:
+def state_timeline(
+    mappings: list[dm.ValueMapping], spec: Sequence[tuple[float | None, str]]
+) -> statetimeline.Panel:
+    """One coloured band per series over time (equal values merged, no text), legend hidden."""
     return (
-        cb.VizLegendOptions()
-        .show_legend(True)
-        .display_mode(cm.LegendDisplayMode.LIST)
-        .placement(cm.LegendPlacement.BOTTOM)
+        statetimeline.Panel()
+        .mappings(mappings)
+        .thresholds(steps(spec))
+        .show_value(cm.VisibilityMode.NEVER)
+        .merge_values(True)
+        .row_height(0.8)
+        .fill_opacity(90)
+        .legend(list_legend(show=False))
+    )
+
+
+def status_timeline() -> statetimeline.Panel:
+    """Pass/fail history of 0/1 gauges: green OK, red FAILING."""
+    return state_timeline(status_mappings(), PASS_STEPS)
+
+
+def line_timeseries() -> timeseries.Panel:
+    return timeseries.Panel().legend(list_legend(show=True)).min(0)
+
+
+def bar_timeseries() -> timeseries.Panel:
+    """Counts per interval (increase(...[$__rate_interval])) as bars."""
+    return line_timeseries().draw_style(cm.GraphDrawStyle.BARS).fill_opacity(80)
+
+
+# --- token panels shared by the mailbox and credentials dashboards ---------------------------------------
+
+CRED = sel("credential")
+
+
+def credential_info() -> Viz:
+    """Tenant, client id, flow and authentication of each credential."""
+    columns = [
+        ("credential", "Credential"),
+        ("tenant_id", "Tenant id"),
+        ("client_id", "Client (application) id"),
+        ("flow", "Flow"),
+        ("auth", "Authenticates with"),
+    ]
+    by = ", ".join(name for name, _ in columns)
+    return Viz(
+        labelled_table(columns), "string", [table_query("A", f"max by ({by}) (m365_credential_info{CRED})")]
+    )
+
+
+def scope_mappings() -> list[dm.ValueMapping]:
+    return [
+        dm.ValueMap(
+            options={
+                "0": dm.ValueMappingResult(text="granted", color="green", index=0),
+                "1": dm.ValueMappingResult(text="MISSING", color="red", index=1),
+            }
+        )
+    ]
+
+
+def missing_scopes(*, missing_first: bool = False) -> Viz:
+    """Each scope/role a credential's checks need: granted or MISSING from its token."""
+    p = labelled_table(
+        [("credential", "Credential"), ("scope", "Permission (scope / role)"), ("Value", "State")],
+        props={"Value": [prop("mappings", scope_mappings()), cell("color-background")]},
+        exclude=("Time",),
+    ).thresholds(steps(FAIL_STEPS))
+    if missing_first:
+        p = p.sort_by([cb.TableSortByFieldState().display_name("State").desc(True)])
+    return Viz(
+        p,
+        "bool",
+        [table_query("A", f"max by (credential, scope) (m365_token_missing_scope{CRED})")],
+        [runbook_link("token")],
+    )
+
+
+def token_refresh_failures() -> Viz:
+    """Credentials whose token refresh fails now, with the reason in plain words and the runbook."""
+    return Viz(
+        failure_table([("credential", "Credential")]),
+        "bool",
+        [table_query("A", with_meaning(f"max by (credential, reason) (m365_token_refresh_failure_info{CRED} == 1)"))],
+        [runbook_link("token")],
     )

@@ -3,72 +3,41 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import statetimeline, table, timeseries
-from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models import dashboard as dm
 
 from grafana.common import (
+    CRED,
+    FAIL_STEPS,
     TOKEN_STEPS,
-    bottom_legend,
-    cell,
+    bar_timeseries,
     check_variable,
+    credential_info,
     credential_variable,
     failure_table,
-    hidden_legend,
     job_instance_variables,
+    line_timeseries,
     link,
     mailbox_variable,
+    missing_scopes,
     new_dashboard,
     number_stat,
-    organize,
-    prop,
     query,
     runbook,
+    runbook_link,
     sel,
+    state_timeline,
     status_mappings,
     status_stat,
+    status_timeline,
     steps,
+    table_query,
+    token_refresh_failures,
     with_meaning,
 )
 
 UID = "m365-mailbox"
 
 MB = sel("mailbox", "check")
-CRED = sel("credential")
-
-
-def scope_mappings() -> list[dm.ValueMapping]:
-    return [
-        dm.ValueMap(
-            options={
-                "0": dm.ValueMappingResult(text="granted", color="green", index=0),
-                "1": dm.ValueMappingResult(text="MISSING", color="red", index=1),
-            }
-        )
-    ]
-
-
-def scope_table() -> table.Panel:
-    return (
-        table.Panel()
-        .with_transformation(organize(["credential", "scope", "Value"], exclude=("Time",)))
-        .override_by_name("credential", [prop("displayName", "Credential")])
-        .override_by_name("scope", [prop("displayName", "Permission (scope / role)")])
-        .override_by_name(
-            "Value",
-            [prop("displayName", "State"), prop("mappings", scope_mappings()), cell("color-background")],
-        )
-        .thresholds(steps([(None, "green"), (1, "red")]))
-    )
-
-
-def credential_info_table() -> table.Panel:
-    order = ["credential", "tenant_id", "client_id", "flow", "auth"]
-    names = ["Credential", "Tenant id", "Client (application) id", "Flow", "Authenticates with"]
-    p = table.Panel().with_transformation(organize(order))
-    for field, name in zip(order, names, strict=True):
-        p = p.override_by_name(field, [prop("displayName", name)])
-    return p
 
 
 def build() -> db.Dashboard:
@@ -138,7 +107,7 @@ def build() -> db.Dashboard:
                 )
             ]
         )
-        .thresholds(steps([(None, "green"), (1, "red")])),
+        .thresholds(steps(FAIL_STEPS)),
         title="Probe schedule",
         unit="bool",
         w=4,
@@ -150,14 +119,7 @@ def build() -> db.Dashboard:
 
     lay.row("History")
     lay.add(
-        statetimeline.Panel()
-        .mappings(status_mappings())
-        .thresholds(steps([(None, "red"), (1, "green")]))
-        .show_value(cm.VisibilityMode.NEVER)
-        .merge_values(True)
-        .row_height(0.8)
-        .fill_opacity(90)
-        .legend(hidden_legend()),
+        status_timeline(),
         title="Check results",
         unit="bool",
         w=24,
@@ -166,14 +128,10 @@ def build() -> db.Dashboard:
         targets=[query("A", f"min by (check) (m365_probe_success{MB})", "{{check}}")],
     )
     lay.add(
-        statetimeline.Panel()
-        .mappings([dm.ValueMap(options={"1": dm.ValueMappingResult(text="failing", color="red", index=0)})])
-        .thresholds(steps([(None, "red")]))
-        .show_value(cm.VisibilityMode.NEVER)
-        .merge_values(True)
-        .row_height(0.8)
-        .fill_opacity(90)
-        .legend(hidden_legend()),
+        state_timeline(
+            [dm.ValueMap(options={"1": dm.ValueMappingResult(text="failing", color="red", index=0)})],
+            [(None, "red")],
+        ),
         title="Failure reasons over time",
         unit="bool",
         w=24,
@@ -191,22 +149,11 @@ def build() -> db.Dashboard:
         w=12,
         h=7,
         description="Failing checks of this mailbox now: reason, plain-words meaning and runbook.",
-        targets=[
-            query(
-                "A",
-                with_meaning(f"max by (check, reason) (m365_probe_failure_info{MB} == 1)"),
-                instant=True,
-                table_format=True,
-            )
-        ],
-        links=[
-            link("Token runbook", runbook("token")),
-            link("Mail runbook", runbook("mail")),
-            link("Network runbook", runbook("network")),
-        ],
+        targets=[table_query("A", with_meaning(f"max by (check, reason) (m365_probe_failure_info{MB} == 1)"))],
+        links=[runbook_link("token"), runbook_link("mail"), runbook_link("network")],
     )
     lay.add(
-        timeseries.Panel().draw_style(cm.GraphDrawStyle.BARS).fill_opacity(80).legend(bottom_legend()).min(0),
+        bar_timeseries(),
         title="Failed probes by reason",
         unit="short",
         w=12,
@@ -221,7 +168,7 @@ def build() -> db.Dashboard:
         ],
     )
     lay.add(
-        timeseries.Panel().legend(bottom_legend()).min(0),
+        line_timeseries(),
         title="Probe duration",
         unit="s",
         w=12,
@@ -231,7 +178,7 @@ def build() -> db.Dashboard:
         targets=[query("A", f"max by (check) (m365_probe_duration_seconds{MB})", "{{check}}")],
     )
     lay.add(
-        timeseries.Panel().legend(bottom_legend()).min(0),
+        line_timeseries(),
         title="Messages in INBOX (backlog)",
         unit="short",
         w=12,
@@ -270,7 +217,7 @@ def build() -> db.Dashboard:
                 "A", f"min by (credential) (m365_token_refresh_success{CRED})", "{{credential}}", instant=True
             )
         ],
-        links=[link("Token runbook", runbook("token"))],
+        links=[runbook_link("token")],
     )
     lay.add(
         status_stat().mappings(status_mappings("MATCHES", "WRONG IDENTITY")),
@@ -285,7 +232,7 @@ def build() -> db.Dashboard:
                 "A", f"min by (credential) (m365_token_identity_match{CRED})", "{{credential}}", instant=True
             )
         ],
-        links=[link("Token runbook", runbook("token"))],
+        links=[runbook_link("token")],
     )
     lay.add(
         number_stat([(None, "blue")], name_mode=True).decimals(2),
@@ -303,59 +250,30 @@ def build() -> db.Dashboard:
             )
         ],
     )
-    lay.add(
-        scope_table(),
+    lay.place(
+        missing_scopes(),
         title="Permissions the checks need",
-        unit="bool",
         w=8,
         h=7,
         description="Each scope/role this credential's mailbox checks need: granted, or MISSING from the "
         "token (add the API permission and grant admin consent).",
-        targets=[
-            query(
-                "A",
-                f"max by (credential, scope) (m365_token_missing_scope{CRED})",
-                instant=True,
-                table_format=True,
-            )
-        ],
-        links=[link("Token runbook", runbook("token"))],
     )
-    lay.add(
-        credential_info_table(),
+    lay.place(
+        credential_info(),
         title="Credential",
-        unit="string",
         w=8,
         h=7,
         description="Tenant, application (client) id, OAuth2 flow and how the credential authenticates.",
-        targets=[
-            query(
-                "A",
-                f"max by (credential, tenant_id, client_id, flow, auth) (m365_credential_info{CRED})",
-                instant=True,
-                table_format=True,
-            )
-        ],
     )
-    lay.add(
-        failure_table([("credential", "Credential")]),
+    lay.place(
+        token_refresh_failures(),
         title="Token refresh failure and what to do",
-        unit="bool",
         w=8,
         h=7,
         description="Why the token refresh fails now, in plain words, with the runbook.",
-        targets=[
-            query(
-                "A",
-                with_meaning(f"max by (credential, reason) (m365_token_refresh_failure_info{CRED} == 1)"),
-                instant=True,
-                table_format=True,
-            )
-        ],
-        links=[link("Token runbook", runbook("token"))],
     )
     lay.add(
-        timeseries.Panel().legend(bottom_legend()).min(0),
+        line_timeseries(),
         title="Token refresh duration",
         unit="s",
         w=12,
@@ -366,7 +284,7 @@ def build() -> db.Dashboard:
         ],
     )
     lay.add(
-        timeseries.Panel().draw_style(cm.GraphDrawStyle.BARS).fill_opacity(80).legend(bottom_legend()).min(0),
+        bar_timeseries(),
         title="Token requests sent",
         unit="short",
         w=12,

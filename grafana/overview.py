@@ -2,40 +2,54 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from grafana_foundation_sdk.builders import dashboard as db
-from grafana_foundation_sdk.builders import statetimeline, table
-from grafana_foundation_sdk.models import common as cm
 
 from grafana.common import (
     DAY,
     EXPIRY_STEPS,
+    FAIL_STEPS,
+    PASS_STEPS,
     TOKEN_STEPS,
+    Viz,
     cell,
     check_variable,
     failure_table,
-    hidden_legend,
     job_instance_variables,
     link,
     mailbox_detail_link,
     mailbox_variable,
+    merged_table,
     new_dashboard,
     number_stat,
-    organize,
-    prop,
     query,
     runbook,
+    runbook_link,
     sel,
     status_mappings,
     status_stat,
+    status_timeline,
     steps,
+    table_query,
     time_left_bargauge,
-    transformation,
     with_meaning,
 )
 
 UID = "m365-overview"
 
 SUCCESS = f"min by (mailbox, check) (m365_probe_success{sel('mailbox', 'check')})"
+
+
+def expiry_gauge(
+    spec: Sequence[tuple[float | None, str]],
+    max_seconds: float,
+    expr: str,
+    legend: str,
+    links: Sequence[db.DashboardLink],
+) -> Viz:
+    """Bar gauge of `expr` (an expiry timestamp minus time()) per series, coloured by `spec`."""
+    return Viz(time_left_bargauge(spec, max_seconds), "dtdurations", [query("A", expr, legend, instant=True)], links)
 
 
 def build() -> db.Dashboard:
@@ -49,7 +63,7 @@ def build() -> db.Dashboard:
 
     lay.row("Right now")
     lay.add(
-        number_stat([(None, "green"), (1, "red")]),
+        number_stat(FAIL_STEPS),
         title="Failing checks",
         unit="short",
         w=4,
@@ -58,7 +72,7 @@ def build() -> db.Dashboard:
         targets=[query("A", f"count({SUCCESS} == 0) or vector(0)", instant=True)],
     )
     lay.add(
-        number_stat([(None, "green"), (1, "red")]),
+        number_stat(FAIL_STEPS),
         title="Failing endpoints",
         unit="short",
         w=4,
@@ -71,7 +85,7 @@ def build() -> db.Dashboard:
                 instant=True,
             )
         ],
-        links=[link("Network runbook", runbook("network"))],
+        links=[runbook_link("network")],
     )
     lay.add(
         number_stat([(None, "green"), (1, "orange")]),
@@ -142,16 +156,14 @@ def build() -> db.Dashboard:
         description="Each failing check with its reason code, what it means in plain words and the runbook "
         "that says what to do. Empty when everything passes.",
         targets=[
-            query(
+            table_query(
                 "A",
                 with_meaning(
                     f"max by (mailbox, check, reason) (m365_probe_failure_info{sel('mailbox', 'check')} == 1)"
                 ),
-                instant=True,
-                table_format=True,
             )
         ],
-        links=[link("Token runbook", runbook("token")), link("Mail runbook", runbook("mail"))],
+        links=[runbook_link("token"), runbook_link("mail")],
     )
     lay.add(
         failure_table([("host", "Host"), ("port", "Port")]),
@@ -162,14 +174,9 @@ def build() -> db.Dashboard:
         description="Endpoints whose DNS, TCP or TLS check fails, with the reason in plain words. These "
         "usually explain the mailbox failures next to it.",
         targets=[
-            query(
-                "A",
-                with_meaning(f"max by (host, port, reason) (m365_endpoint_failure_info{sel()} == 1)"),
-                instant=True,
-                table_format=True,
-            )
+            table_query("A", with_meaning(f"max by (host, port, reason) (m365_endpoint_failure_info{sel()} == 1)"))
         ],
-        links=[link("Network runbook", runbook("network"))],
+        links=[runbook_link("network")],
     )
 
     lay.row("Nearest expiries")
@@ -178,83 +185,62 @@ def build() -> db.Dashboard:
         "/d/m365-credentials?${datasource:queryparam}&${job:queryparam}&${instance:queryparam}",
     )
     cred_link.target_blank(False)
-    lay.add(
-        time_left_bargauge(TOKEN_STEPS, 5400),
+    lay.place(
+        expiry_gauge(
+            TOKEN_STEPS,
+            5400,
+            f"min by (credential) (m365_token_expiry_timestamp_seconds{sel()}) - time()",
+            "{{credential}}",
+            [cred_link, runbook_link("token")],
+        ),
         title="Access tokens: time left",
-        unit="dtdurations",
         w=8,
         h=8,
         description="Time until the current access token of each credential expires. The exporter renews "
         "tokens before expiry, so a low or negative value means renewal is failing.",
-        targets=[
-            query(
-                "A",
-                f"min by (credential) (m365_token_expiry_timestamp_seconds{sel()}) - time()",
-                "{{credential}}",
-                instant=True,
-            )
-        ],
-        links=[cred_link, link("Token runbook", runbook("token"))],
     )
-    lay.add(
-        time_left_bargauge(EXPIRY_STEPS, 180 * DAY),
+    lay.place(
+        expiry_gauge(
+            EXPIRY_STEPS,
+            180 * DAY,
+            f"bottomk(5, min by (credential, key_id) (m365_client_secret_expiry_timestamp_seconds{sel()}) - time())",
+            "{{credential}} ({{key_id}})",
+            [cred_link, runbook_link("token")],
+        ),
         title="Client secrets: time left (5 soonest)",
-        unit="dtdurations",
         w=8,
         h=8,
         description="Time until the app registrations' client secrets/certificates expire (Microsoft Graph "
         "or declared in config). Orange under 30 days, red under 7: rotate the secret.",
-        targets=[
-            query(
-                "A",
-                "bottomk(5, min by (credential, key_id) "
-                f"(m365_client_secret_expiry_timestamp_seconds{sel()}) - time())",
-                "{{credential}} ({{key_id}})",
-                instant=True,
-            )
-        ],
-        links=[cred_link, link("Token runbook", runbook("token"))],
     )
-    lay.add(
-        time_left_bargauge(EXPIRY_STEPS, 90 * DAY),
+    lay.place(
+        expiry_gauge(
+            EXPIRY_STEPS,
+            90 * DAY,
+            f"bottomk(5, min by (host, port) (m365_tls_cert_expiry_timestamp_seconds{sel()}) - time())",
+            "{{host}}:{{port}}",
+            [cred_link, runbook_link("network")],
+        ),
         title="TLS certificates: time left (5 soonest)",
-        unit="dtdurations",
         w=8,
         h=8,
         description="Time until the earliest-expiring certificate in the chain each endpoint sends. A short "
         "value usually means a TLS-intercepting proxy with its own certificate.",
-        targets=[
-            query(
-                "A",
-                f"bottomk(5, min by (host, port) (m365_tls_cert_expiry_timestamp_seconds{sel()}) - time())",
-                "{{host}}:{{port}}",
-                instant=True,
-            )
-        ],
-        links=[cred_link, link("Network runbook", runbook("network"))],
     )
 
     lay.row("Endpoint reachability")
-    reach = (
-        table.Panel()
-        .with_transformation(transformation("merge", {}))
-        .with_transformation(
-            organize(["host", "port", "Value #A", "Value #B", "Value #C", "Value #D"], exclude=("Time",))
+    lay.add(
+        merged_table(
+            [("host", "Host"), ("port", "Port")],
+            [
+                ("A", "DNS", [cell("color-background")]),
+                ("B", "TCP connect", [cell("color-background")]),
+                ("C", "TLS handshake", [cell("color-background")]),
+                ("D", "Certificate verified", [cell("color-background")]),
+            ],
         )
         .mappings(status_mappings())
-        .thresholds(steps([(None, "red"), (1, "green")]))
-        .override_by_name("host", [prop("displayName", "Host")])
-        .override_by_name("port", [prop("displayName", "Port")])
-    )
-    for ref, name in (
-        ("A", "DNS"),
-        ("B", "TCP connect"),
-        ("C", "TLS handshake"),
-        ("D", "Certificate verified"),
-    ):
-        reach = reach.override_by_name(f"Value #{ref}", [prop("displayName", name), cell("color-background")])
-    lay.add(
-        reach,
+        .thresholds(steps(PASS_STEPS)),
         title="Endpoint reachability (DNS / TCP / TLS)",
         unit="bool",
         w=24,
@@ -262,39 +248,21 @@ def build() -> db.Dashboard:
         description="Per endpoint this host probes: DNS resolution, TCP connect, verified TLS handshake and "
         "certificate verification. A red cell points at the network path, not at Microsoft 365.",
         targets=[
-            query(
+            table_query(
                 "A",
                 "min by (host, port) ((0 * m365_tcp_connect_success" + sel() + ") "
                 "+ on (job, instance, host) group_left () m365_dns_lookup_success" + sel() + ")",
-                instant=True,
-                table_format=True,
             ),
-            query(
-                "B", f"min by (host, port) (m365_tcp_connect_success{sel()})", instant=True, table_format=True
-            ),
-            query(
-                "C",
-                f"min by (host, port) (m365_tls_handshake_success{sel()})",
-                instant=True,
-                table_format=True,
-            ),
-            query(
-                "D", f"min by (host, port) (m365_tls_cert_verified{sel()})", instant=True, table_format=True
-            ),
+            table_query("B", f"min by (host, port) (m365_tcp_connect_success{sel()})"),
+            table_query("C", f"min by (host, port) (m365_tls_handshake_success{sel()})"),
+            table_query("D", f"min by (host, port) (m365_tls_cert_verified{sel()})"),
         ],
-        links=[link("Network runbook", runbook("network"))],
+        links=[runbook_link("network")],
     )
 
     lay.row("History")
     lay.add(
-        statetimeline.Panel()
-        .mappings(status_mappings())
-        .thresholds(steps([(None, "red"), (1, "green")]))
-        .show_value(cm.VisibilityMode.NEVER)
-        .merge_values(True)
-        .row_height(0.8)
-        .fill_opacity(90)
-        .legend(hidden_legend()),
+        status_timeline(),
         title="Mailbox check history",
         unit="bool",
         w=24,

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msal
+import pytest
 
 from exporter.auth.cache import save_cache
 from exporter.config import Config
@@ -119,3 +121,15 @@ async def runtime_for(config: Config) -> Runtime:
     rt.apply(config)
     await rt.scheduler.stop()
     return rt
+
+
+def env_fixture(delegated_login: bool = True) -> Callable[[Path], AsyncIterator[Env]]:
+    """A function-scoped `env` fixture: `env = env_fixture()` in a test module; the simulator closes after."""
+
+    @pytest.fixture
+    async def env(tmp_path: Path) -> AsyncIterator[Env]:
+        e = await start_env(tmp_path, delegated_login=delegated_login)
+        yield e
+        await e.sim.close()
+
+    return env

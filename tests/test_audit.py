@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from exporter.audit import AUDIT_MIN_INTERVAL, audit_hook, audit_key, parse_grap
 from exporter.config import Config
 from exporter.reasons import Reason
 from exporter.simulator.state import TokenFault
-from tests.simenv import APP_ID, CERT_APP_ID, SECRET, Env, runtime_for, start_env
+from tests.simenv import APP_ID, CERT_APP_ID, SECRET, Env, env_fixture, runtime_for
 
 ECE_URL = "https://ece.contoso.example"
 CALLBACK = f"{ECE_URL}/system/web/view/platform/common/login/oauth2callback"
@@ -30,11 +29,7 @@ DECLARED = "2027-03-01T00:00:00+00:00"
 EXPIRY = "m365_client_secret_expiry_timestamp_seconds"
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    e = await start_env(tmp_path, delegated_login=False)
-    yield e
-    await e.sim.close()
+env = env_fixture(delegated_login=False)
 
 
 def audit_config(env: Env, **cred_overrides: dict[str, Any]) -> Config:

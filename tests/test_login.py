@@ -14,7 +14,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,14 @@ from exporter.login import LoginResult, run_login
 from exporter.reasons import Reason
 from exporter.simulator.idp import approve_device_code
 from exporter.simulator.seed import add_app
-from tests.simenv import DELEGATE, OTHER_USER, PUBLIC_APP_ID, Env, runtime_for, start_env
+from tests.simenv import DELEGATE, OTHER_USER, PUBLIC_APP_ID, Env, env_fixture, runtime_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_APP_ID = "aaaaaaaa-0000-0000-0000-0000000000c5"
 CONF_SECRET = "conf-delegated-secret-value-123"
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    e = await start_env(tmp_path, delegated_login=False)
-    yield e
-    await e.sim.close()
+env = env_fixture(delegated_login=False)
 
 
 def approve_as(env: Env, upn: str, seen: list[dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], None]:

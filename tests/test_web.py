@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
+from exporter.config import load_config
 from exporter.runtime import Runtime
 from exporter.web import make_app
-from tests.simenv import Env, start_env
+from tests.simenv import Env, env_fixture
 
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    e = await start_env(tmp_path)
-    yield e
-    await e.sim.close()
+env = env_fixture()
 
 
 def write_config(env: Env, path: Path, **kw: object) -> Path:
@@ -29,10 +25,22 @@ def write_config(env: Env, path: Path, **kw: object) -> Path:
     return path
 
 
-async def start_client(rt: Runtime) -> TestClient:
+@contextlib.asynccontextmanager
+async def serving(env: Env, tmp_path: Path) -> AsyncIterator[tuple[Path, Runtime, TestClient]]:
+    """A started Runtime (2 s interval) loaded from a config file, behind the HTTP app as `serve` wires it.
+
+    Yields (config file, runtime, client); the client and the runtime are stopped after.
+    """
+    cfg_path = write_config(env, tmp_path / "cfg.yml", interval=2, token_interval=30)
+    rt = Runtime(load_config(cfg_path), str(cfg_path))
+    rt.start()
     client = TestClient(TestServer(make_app(rt)))
     await client.start_server()
-    return client
+    try:
+        yield cfg_path, rt, client
+    finally:
+        await client.close()
+        await rt.stop()
 
 
 async def wait_ready(client: TestClient, seconds: float = 20) -> None:
@@ -45,13 +53,7 @@ async def wait_ready(client: TestClient, seconds: float = 20) -> None:
 
 
 async def test_metrics_probe_ready_and_landing(env: Env, tmp_path: Path) -> None:
-    cfg_path = write_config(env, tmp_path / "cfg.yml", interval=2, token_interval=30)
-    from exporter.config import load_config
-
-    rt = Runtime(load_config(cfg_path), str(cfg_path))
-    rt.start()
-    client = await start_client(rt)
-    try:
+    async with serving(env, tmp_path) as (_, _, client):
         assert (await client.get("/-/healthy")).status == 200
         await wait_ready(client)
         resp = await client.get("/metrics")
@@ -78,19 +80,10 @@ async def test_metrics_probe_ready_and_landing(env: Env, tmp_path: Path) -> None
         assert (await client.get("/probe")).status == 400
         landing = await (await client.get("/")).text()
         assert "sales@contoso.example" in landing and "mailbox_not_accessible" in landing
-    finally:
-        await client.close()
-        await rt.stop()
 
 
 async def test_reload_keeps_old_config_on_error_and_applies_good_one(env: Env, tmp_path: Path) -> None:
-    cfg_path = write_config(env, tmp_path / "cfg.yml", interval=2, token_interval=30)
-    from exporter.config import load_config
-
-    rt = Runtime(load_config(cfg_path), str(cfg_path))
-    rt.start()
-    client = await start_client(rt)
-    try:
+    async with serving(env, tmp_path) as (cfg_path, rt, client):
         await wait_ready(client)
         token_before = rt.providers["app"]
         good = cfg_path.read_text()
@@ -121,9 +114,6 @@ async def test_reload_keeps_old_config_on_error_and_applies_good_one(env: Env, t
         assert 'm365_probe_success{check="smtp",mailbox="new@contoso.example"} 1.0' in body
         assert "billing@contoso.example" not in body
         assert "m365_config_last_reload_successful 1.0" in body
-    finally:
-        await client.close()
-        await rt.stop()
 
 
 async def test_serve_process_sighup_and_sigterm(env: Env, tmp_path: Path) -> None:
