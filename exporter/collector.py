@@ -36,6 +36,15 @@ SECRET_PREFIX = "secret_expiry:"  # "secret_expiry:<key_id>" -> unix time
 
 
 @dataclass(frozen=True)
+class MailboxInfo:
+    """Configured mailbox: joins mailbox series to their credential (dashboards, alert routing)."""
+
+    mailbox: str
+    address: str
+    credential: str
+
+
+@dataclass(frozen=True)
 class CredentialInfo:
     name: str
     tenant_id: str
@@ -45,9 +54,11 @@ class CredentialInfo:
 
 
 class M365Collector(Collector):
-    def __init__(self, store: ResultStore, credentials: Callable[[], list[CredentialInfo]]) -> None:
+    def __init__(self, store: ResultStore, credentials: Callable[[], list[CredentialInfo]],
+                 mailboxes: Callable[[], list[MailboxInfo]] | None = None) -> None:
         self.store = store
         self.credentials = credentials
+        self.mailboxes = mailboxes or list
 
     def describe(self) -> Iterable[Metric]:
         return []  # unchecked collector: families are dynamic
@@ -192,6 +203,12 @@ class M365Collector(Collector):
         )
         for c in creds:
             info.add_metric([c.name, c.tenant_id, c.client_id, c.flow, c.auth], 1.0)
+        mailbox_info = GaugeMetricFamily(
+            "m365_mailbox_info", "Configured mailboxes and the credential each uses",
+            labels=["mailbox", "address", "credential"],
+        )
+        for m in self.mailboxes():
+            mailbox_info.add_metric([m.mailbox, m.address, m.credential], 1.0)
         build = GaugeMetricFamily(
             "m365_exporter_build_info", "Build information", labels=["version", "python_version", "msal_version"]
         )
@@ -199,8 +216,8 @@ class M365Collector(Collector):
         facts = dict(self.store.facts)
         yield from (success, duration, last_run, last_ok, interval, overdue, total, failures, failing, messages,
                     tok_ok, tok_dur, tok_exp, tok_last, tok_id, tok_fail, tok_fail_info, tok_req, tok_scope,
-                    secret_exp, audit_ok, audit_fail, redirect_ok, info, dns_ok, dns_dur, tcp_ok, tcp_dur, tls_ok,
-                    tls_dur, tls_ver, tls_verified, tls_exp, ep_fail, build)
+                    secret_exp, audit_ok, audit_fail, redirect_ok, info, mailbox_info, dns_ok, dns_dur, tcp_ok,
+                    tcp_dur, tls_ok, tls_dur, tls_ver, tls_verified, tls_exp, ep_fail, build)
         for name, doc in (
             ("m365_config_last_reload_successful", "0 if the last config reload failed (old config keeps running)"),
             ("m365_config_last_reload_success_timestamp_seconds", "When a config was last loaded successfully"),
@@ -244,9 +261,10 @@ class M365Collector(Collector):
 class MetricsRenderer:
     """Cached exposition bytes, rendered off the event loop."""
 
-    def __init__(self, store: ResultStore, credentials: Callable[[], list[CredentialInfo]]) -> None:
+    def __init__(self, store: ResultStore, credentials: Callable[[], list[CredentialInfo]],
+                 mailboxes: Callable[[], list[MailboxInfo]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(M365Collector(store, credentials))
+        self.registry.register(M365Collector(store, credentials, mailboxes))
         self.registry.register(ProcessCollector(registry=None))
         self.store = store
         self._cached: bytes = b""

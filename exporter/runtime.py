@@ -26,6 +26,7 @@ from .collector import (
     SCOPE_PREFIX,
     SECRET_PREFIX,
     CredentialInfo,
+    MailboxInfo,
     MetricsRenderer,
 )
 from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_config
@@ -85,7 +86,7 @@ class Runtime:
         self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait)
         self.providers: dict[str, TokenProvider] = {}
         self._signatures: dict[str, tuple[object, ...]] = {}
-        self.renderer = MetricsRenderer(self.store, self.credential_infos)
+        self.renderer = MetricsRenderer(self.store, self.credential_infos, self.mailbox_infos)
         from .audit import AppRegistrationAudit  # Graph app-registration audit (credentials with graph_audit)
 
         self.extra_jobs: list[Callable[[Runtime], list[Job]]] = [AppRegistrationAudit()]
@@ -99,6 +100,9 @@ class Runtime:
             CredentialInfo(name, c.tenant_id, c.client_id, c.flow, c.auth_kind)
             for name, c in self.config.credentials.items()
         ]
+
+    def mailbox_infos(self) -> list[MailboxInfo]:
+        return [MailboxInfo(m.label, m.address, m.credential) for m in self.config.mailboxes]
 
     def checks_by_credential(self, config: Config) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {name: set() for name in config.credentials}

@@ -66,6 +66,8 @@ async def test_metrics_probe_ready_and_landing(env: Env, tmp_path: Path) -> None
         assert "_created" not in body
         assert re.search(r'm365_tls_handshake_success\{host="127.0.0.1",port="\d+"\} 1.0', body)
         assert "process_resident_memory_bytes" in body
+        assert ('m365_mailbox_info{address="support@contoso.example",credential="delegate",'
+                'mailbox="support@contoso.example"} 1.0') in body
 
         resp = await client.get("/probe", params={"mailbox": "sales@contoso.example", "check": "imap"})
         assert 'm365_probe_success{check="imap",mailbox="sales@contoso.example"} 1.0' in await resp.text()
