@@ -17,11 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import msal
-from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .exposition import render_registry
 from .store import KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0
@@ -276,7 +277,7 @@ class MetricsRenderer:
     def render_sync(self) -> bytes:
         with self._lock:
             version = self.store.version
-            data = generate_latest(self.registry)
+            data = render_registry(self.registry)
             self._cached, self._cached_version, self._cached_at = data, version, time.monotonic()
             return data
 
