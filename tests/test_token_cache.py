@@ -70,3 +70,17 @@ def test_missing_and_corrupt_cache_are_distinguished(tmp_path: Path) -> None:
     empty = tmp_path / "empty.json"
     empty.write_text("")
     assert isinstance(load_cache(empty), msal.SerializableTokenCache)
+
+
+def test_world_readable_secret_material_is_warned_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from exporter.auth.cache import warn_if_exposed
+
+    exposed = tmp_path / "cache.json"
+    save_cache(exposed, msal.SerializableTokenCache())
+    assert not warn_if_exposed(exposed)
+    os.chmod(exposed, 0o644)
+    with caplog.at_level("WARNING"):
+        assert warn_if_exposed(exposed)
+        load_cache(exposed)  # loading warns too, but only once per file
+    warnings = [r for r in caplog.records if "accessible by group/others" in r.getMessage()]
+    assert len(warnings) == 1 and "mode 644" in warnings[0].getMessage()

@@ -10,11 +10,32 @@ fsync'd, so a crash at any instant leaves either the old or the new complete cac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import msal
+
+log = logging.getLogger(__name__)
+
+
+_warned: set[str] = set()
+
+
+def warn_if_exposed(path: Path) -> bool:
+    """Log once per file when a secret, key or token cache is readable by group or others.
+
+    Not an error (the operator may have reasons), but a refresh token or client secret that
+    any local user can read is a credential leak waiting to happen. Returns True if exposed."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    if mode & 0o077 and str(path) not in _warned:
+        _warned.add(str(path))
+        log.warning("%s is accessible by group/others (mode %o): chmod 600 it", path, mode & 0o777)
+    return bool(mode & 0o077)
 
 
 class CacheMissing(Exception):
@@ -27,6 +48,7 @@ class CacheCorrupt(Exception):
 
 def load_cache(path: Path) -> msal.SerializableTokenCache:
     cache = msal.SerializableTokenCache()
+    warn_if_exposed(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -32,7 +32,7 @@ from ..clouds import APP_ROLE, DELEGATED_SCOPE
 from ..config import Config, Credential
 from ..reasons import Reason
 from ..redact import register_secret
-from .cache import CacheCorrupt, CacheMissing, load_cache, save_cache
+from .cache import CacheCorrupt, CacheMissing, load_cache, save_cache, warn_if_exposed
 from .claims import decode_claims, token_identity, token_permissions
 from .errors import TokenError, from_exception, from_msal_result, from_observed_exception
 from .http import MsalHttpClient
@@ -70,6 +70,9 @@ def read_client_material(cred: Credential) -> tuple[Any, str]:
     """The credential's client secret or certificate dict (None for a public client) and a hash
     to detect rotation. Shared by the token provider, `login` and the Graph audit."""
     c = cred
+    for sensitive in (c.client_secret_file, c.private_key_file):
+        if sensitive is not None:
+            warn_if_exposed(Path(sensitive))
     try:
         if c.client_secret_file is not None:
             secret: Any = Path(c.client_secret_file).read_text(encoding="utf-8").strip()
