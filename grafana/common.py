@@ -163,6 +163,25 @@ def credential_variable(description: str) -> db.QueryVariable:
     )
 
 
+def mailbox_credential_variable() -> db.QueryVariable:
+    """`credential` that follows `mailbox`: the credential(s) the selected mailbox(es) use, from
+    m365_mailbox_info. Hidden (it is derived, not a choice); "All" (the default, and what Grafana falls back
+    to when a value carried in the URL is not a credential of the mailbox) means exactly the listed
+    credentials, not `.*`, so a multi-valued `mailbox` gets every credential it uses and no other."""
+    return (
+        query_variable(
+            "credential",
+            "Credential",
+            f"label_values(m365_mailbox_info{sel('mailbox')}, credential)",
+            "Credential(s) the selected mailbox uses (m365_mailbox_info); follows the mailbox variable",
+            all_value=None,
+        )
+        .hide(dm.VariableHide.HIDE_VARIABLE)
+        .allow_custom_value(False)
+        .current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+
+
 # --- field config helpers --------------------------------------------------------------------------------
 
 

@@ -12,11 +12,11 @@ from grafana.common import (
     bar_timeseries,
     check_variable,
     credential_info,
-    credential_variable,
     failure_table,
     job_instance_variables,
     line_timeseries,
     link,
+    mailbox_credential_variable,
     mailbox_variable,
     missing_scopes,
     new_dashboard,
@@ -50,10 +50,7 @@ def build() -> db.Dashboard:
             *job_instance_variables(),
             mailbox_variable(multi=False),
             check_variable(),
-            credential_variable(
-                "Credential of this mailbox: the credential is not a label of mailbox metrics, so "
-                "pick the one configured for the mailbox (credentials: in the exporter config)"
-            ),
+            mailbox_credential_variable(),
         ],
     )
 
@@ -188,7 +185,7 @@ def build() -> db.Dashboard:
         targets=[query("A", f"max by (mailbox) (m365_mailbox_messages{sel('mailbox')})", "{{mailbox}}")],
     )
 
-    lay.row("Credential: $credential")
+    lay.row("Credential of $mailbox")
     lay.add(
         number_stat(TOKEN_STEPS, name_mode=True).decimals(2),
         title="Access token time left",

@@ -101,8 +101,8 @@ def expressions(dashboard: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
             yield f"variable {var['name']}", "", var["query"]
 
 
-def substitute(expr: str) -> str:
-    """Replace Grafana variables the way a dashboard with 'All' selected would."""
+def substitute(expr: str, values: dict[str, str] | None = None) -> str:
+    """Replace Grafana variables the way a dashboard with 'All' selected would (or by `values`: regexes)."""
 
     def repl(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
@@ -110,7 +110,7 @@ def substitute(expr: str) -> str:
             if name not in BUILTINS:
                 raise AssertionError(f"unknown Grafana built-in ${name} in {expr}")
             return BUILTINS[name]
-        return ".*"
+        return (values or {}).get(name, ".*")
 
     return VAR_RE.sub(repl, expr)
 
@@ -238,6 +238,30 @@ def test_variables_and_filters(name: str) -> None:
             for label in ("mailbox", "check", "credential", "host"):
                 if label in variables and f"{label}=~" in sel:
                     assert f'{label}=~"${label}"' in sel, f"{title} {ref}"
+
+
+def test_mailbox_credential_follows_mailbox() -> None:
+    """The detail dashboard's credential is derived from the mailbox (m365_mailbox_info), not picked by hand."""
+    dashboard = load_dashboards()["m365-mailbox.json"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    names = list(variables)
+    assert names.index("credential") > names.index("mailbox"), "credential must come after the mailbox it follows"
+    cred = variables["credential"]
+    assert cred["type"] == "query"
+    assert cred["query"] == (
+        'label_values(m365_mailbox_info{job=~"$job",instance=~"$instance",mailbox=~"$mailbox"}, credential)')
+    assert cred["refresh"] in (1, 2), "must refresh on dashboard load (and time range change)"
+    assert cred["hide"] == 2, "derived from the mailbox: nothing to pick"
+    # "All" must mean the credentials listed for the selected mailbox(es), not every credential (`.*`).
+    assert cred["includeAll"] and cred["multi"] and "allValue" not in cred
+    assert cred["current"]["value"] == ["$__all"]
+    # The credential panels use it; the row title names the mailbox (the credentials show in the panels).
+    cred_panels = [p["title"] for p in data_panels(dashboard)
+                   if any('credential=~"$credential"' in t["expr"] for t in p["targets"])]
+    assert len(cred_panels) >= 8, cred_panels
+    docs = (ROOT / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    assert "pick the credential" not in docs and "chosen separately" not in docs
+    assert "pick" not in cred["description"].lower()
 
 
 def test_reason_mapping_follows_catalogue() -> None:
@@ -481,4 +505,60 @@ def test_every_expression_returns_data(prometheus_url: str) -> None:
             return
         if time.monotonic() > deadline:
             pytest.fail("expressions without data after 45 s:\n" + "\n".join(empty))
+        time.sleep(1)
+
+
+def prom_regex(values: list[str]) -> str:
+    """What Grafana puts in `label=~"$var"` for these values: regex-escaped, alternated if several."""
+    escaped = [re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\\\1", v) for v in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+def label_values(url: str, expr: str, values: dict[str, str]) -> set[str]:
+    """Evaluate a label_values() variable query like Grafana does with the given variable values."""
+    promql = to_promql(substitute(expr, values))
+    label = re.fullmatch(r"count by \((\w+)\) .*", promql, re.S).group(1)
+    return {series["metric"][label] for series in instant_query(url, promql)["result"]}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_credential_follows_mailbox(prometheus_url: str) -> None:
+    """Selecting a mailbox selects exactly its credential, and the credential panels show that credential
+    (and no other); with two mailboxes selected, "All" covers the credentials of both."""
+    dashboard = load_dashboards()["m365-mailbox.json"]
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    cred_targets = [(p["title"], t["refId"], t["expr"]) for p in data_panels(dashboard) for t in p["targets"]
+                    if 'credential=~"$credential"' in t["expr"]
+                    and ("m365-mailbox", p["title"], t["refId"]) not in MAY_BE_EMPTY]
+
+    def problems() -> list[str]:
+        out = []
+        mailboxes = sorted(label_values(prometheus_url, variables["mailbox"]["query"], {}))
+        if len(mailboxes) < 4:
+            return [f"demo mailboxes not all there yet: {mailboxes}"]
+        found = {mb: label_values(prometheus_url, variables["credential"]["query"], {"mailbox": prom_regex([mb])})
+                 for mb in mailboxes}
+        out += [f"{mb} -> {creds}: expected exactly one credential" for mb, creds in found.items() if len(creds) != 1]
+        if out:
+            return out
+        first = mailboxes[0]
+        other = next(mb for mb in mailboxes if found[mb] != found[first])  # the demo uses 3 credentials
+        both = label_values(prometheus_url, variables["credential"]["query"], {"mailbox": prom_regex([first, other])})
+        if both != found[first] | found[other]:
+            out.append(f"[{first}, {other}] -> {both}")
+        for selection in [[mb] for mb in mailboxes] + [[first, other]]:
+            credentials = sorted(set().union(*(found[mb] for mb in selection)))
+            values = {"mailbox": prom_regex(selection), "credential": prom_regex(credentials)}
+            for title, ref, expr in cred_targets:
+                result = instant_query(prometheus_url, substitute(expr, values))["result"]
+                shown = sorted({series["metric"].get("credential") for series in result})
+                if shown != credentials:
+                    out.append(f"{selection}: {title} {ref} shows {shown}, expected {credentials}")
+        return out
+
+    deadline = time.monotonic() + 45
+    while found := problems():
+        if time.monotonic() > deadline:
+            pytest.fail("\n".join(found))
         time.sleep(1)
