@@ -2,7 +2,7 @@
 
 Used by `--demo` and by the tests: it speaks the real protocols over real TLS, so the exporter
 is exercised exactly as against Microsoft, with faults switched on per app, user, mailbox or
-server. See `state.py` for the switches and `idp.py` for the `/_sim/...` admin API.
+server. See `state.py` for the switches and `admin.py` for the `/_sim/...` admin API.
 """
 
 from __future__ import annotations

@@ -4,27 +4,15 @@ Why a real HTTP server rather than mocking MSAL: the exporter's token handling d
 behaviour that only shows against a real endpoint: tenant discovery at construction, the
 client-assertion JWT it signs (PS256 + x5t#S256), its HTTP failure cache (identical 400s for 60 s,
 429/5xx for Retry-After), what it returns (an error dict) versus raises (5xx, unparsable bodies),
-and its token cache with refresh tokens and accounts built from id_token/client_info. Answering
-with Microsoft-shaped JSON (AADSTS codes, trace/correlation ids, error_uri) lets the exporter's
-failure taxonomy (`exporter.reasons`) be tested against the same shapes Microsoft sends.
+and its token cache with refresh tokens and accounts built from id_token/client_info. Errors are
+answered with Microsoft-shaped JSON from aadsts.py.
 
 Served for tenant `state.tenant_id` (any other tenant path answers AADSTS90002):
 - GET  /{tenant}/v2.0/.well-known/openid-configuration   (what MSAL's Authority fetches)
 - POST /{tenant}/oauth2/v2.0/token       client_credentials | refresh_token | device_code grants
 - POST /{tenant}/oauth2/v2.0/devicecode  device authorisation (approve via state or the admin API)
-
-Admin API for tests and the demo (JSON, loopback clients only), all under `/_sim/`:
-- POST   /_sim/faults/token/{key}        body = TokenFault fields; replaces the fault for a client_id or UPN
-- DELETE /_sim/faults/token/{key}
-- POST   /_sim/faults/server/{protocol}  body = ServerFault fields to merge (imap | pop3 | smtp)
-- POST   /_sim/mailbox/{address}         body = SimMailbox fields to merge (created if missing)
-- POST   /_sim/users/{upn}               body = SimUser fields to merge (created if missing)
-- POST   /_sim/users/{upn}/revoke        revoke the user's refresh tokens (AADSTS50173 afterwards)
-- POST   /_sim/users/{upn}/expire        lapse the user's refresh tokens (AADSTS700082 afterwards)
-- POST   /_sim/tenant                    {"smtp_auth_disabled": bool, "token_lifetime": int}
-- POST   /_sim/devicecode/approve        {"user_code": ..., "upn": ...}
-- GET    /_sim/stats                     {"counters": [{"key": [...], "count": n}, ...]}
-- POST   /_sim/reset                     clear faults (token, server, tenant, mailbox switches) and counters
+The same app carries the loopback-only `/_sim/...` admin API (admin.py) and, when the Simulator
+adds them, the Graph routes (graph.py).
 
 Fault semantics (`state.fault_for(client_id, upn)`): every token request is counted first as
 ("token", client_id, grant_type), then `delay` sleeps, then `aadsts` answers that error (with
@@ -43,17 +31,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
 import time
-import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -63,13 +45,33 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from .aadsts import AADSTS_ERRORS, EXCHANGE_APP_ID, AadError, error_body, ms_time
+from .admin import (
+    add_admin_routes,
+    approve_device_code,
+    expire_refresh_tokens,
+    reset_faults,
+    revoke_refresh_tokens,
+)
 from .certs import SimCerts
-from .state import ServerFault, SimApp, SimMailbox, SimState, SimUser, TokenFault
+from .state import SimApp, SimState, TokenFault, find_user
 from .tokens import TokenMinter, b64url, b64url_decode
+
+# Public names of this module before aadsts.py and admin.py were split off, re-exported so importers need no change.
+__all__ = [
+    "AADSTS_ERRORS",
+    "AadError",
+    "IdentityServer",
+    "approve_device_code",
+    "error_body",
+    "expire_refresh_tokens",
+    "find_user",
+    "reset_faults",
+    "revoke_refresh_tokens",
+]
 
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"  # Office 365 Exchange Online's appId
 EXCHANGE_RESOURCES = ("https://outlook.office365.com", "https://outlook.office.com", EXCHANGE_APP_ID)
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ROLES = ["Application.Read.All"]
@@ -81,286 +83,6 @@ DEVICE_CODE_LIFETIME = 900
 DEVICE_CODE_INTERVAL = 1  # Entra says 5; 1 keeps tests fast and MSAL honours whatever we send
 VERIFICATION_URI = "https://microsoft.com/devicelogin"
 MAX_DEVICE_CODES = 1000  # pending codes kept; the oldest are dropped beyond this
-ADMIN_PREFIX = "/_sim/"
-
-
-@dataclass(frozen=True)
-class AadError:
-    """How the identity platform answers one AADSTS code: HTTP status, OAuth error, description."""
-
-    status: int
-    error: str
-    text: str  # str.format_map template; fields come from the request context (see _CTX_DEFAULTS)
-    suberror: str | None = None
-
-
-# AADSTS code -> answer. Texts follow Microsoft's (reference-error-codes, observed responses).
-# Deliberate choice, from observed responses: the token endpoint reports MFA, sign-in frequency
-# and Conditional Access as `invalid_grant` with a `suberror` (the `interaction_required` error
-# is the /authorize endpoint's); MSAL turns the suberror into result["classification"].
-AADSTS_ERRORS: dict[int, AadError] = {
-    7000215: AadError(401, "invalid_client",
-        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
-        "value, not the client secret ID, for a secret added to app '{client_id}'."),
-    7000222: AadError(401, "invalid_client",
-        "The provided client secret keys for app '{client_id}' are expired. Visit the Azure portal to "
-        "create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
-        "credentials for added security: https://aka.ms/certCreds."),
-    700027: AadError(401, "invalid_client", "{detail}"),
-    700024: AadError(401, "invalid_client",
-        "Client assertion is not within its valid time range. Current time: {now}, assertion valid from "
-        "{nbf}, expiry time of assertion {exp}. Review the documentation at "
-        "https://learn.microsoft.com/entra/identity-platform/certificate-credentials ."),
-    7000218: AadError(401, "invalid_client",
-        "The request body must contain the following parameter: 'client_assertion' or 'client_secret'."),
-    700016: AadError(400, "unauthorized_client",
-        "Application with identifier '{client_id}' was not found in the directory '{tenant}'. This can "
-        "happen if the application has not been installed by the administrator of the tenant or consented "
-        "to by any user in the tenant. You may have sent your authentication request to the wrong tenant."),
-    65001: AadError(400, "invalid_grant",
-        "The user or administrator has not consented to use the application with ID '{client_id}' named "
-        "'{app_name}'. Send an interactive authorization request for this user and resource.",
-        "consent_required"),
-    700082: AadError(400, "invalid_grant",
-        "The refresh token has expired due to inactivity. The token was issued on {issued} and was inactive "
-        "for 90.00:00:00."),
-    70008: AadError(400, "invalid_grant",
-        "The provided authorization code or refresh token has expired due to inactivity. Send a new "
-        "interactive authorization request for this user and resource."),
-    50173: AadError(400, "invalid_grant",
-        "The provided grant has expired due to it being revoked, a fresh auth token is needed. The user "
-        "might have changed or reset their password. The grant was issued on '{issued}' and the "
-        "TokensValidFrom date (before which tokens are not valid) for this user is '{now}'."),
-    50076: AadError(400, "invalid_grant",
-        "Due to a configuration change made by your administrator, or because you moved to a new location, "
-        "you must use multi-factor authentication to access '{resource_app}'.", "basic_action"),
-    50079: AadError(400, "invalid_grant",
-        "Due to a configuration change made by your administrator, or because you moved to a new location, "
-        "you must enroll in multi-factor authentication to access '{resource_app}'.", "basic_action"),
-    70043: AadError(400, "invalid_grant",
-        "The refresh token has expired or is invalid due to sign-in frequency checks by conditional access. "
-        "The token was issued on {issued} and the maximum allowed lifetime for this request is 3600.",
-        "basic_action"),
-    53003: AadError(400, "invalid_grant",
-        "Access has been blocked by Conditional Access policies. The access policy does not allow token "
-        "issuance.", "message_only"),
-    530035: AadError(400, "invalid_grant",
-        "Access has been blocked by security defaults. This is due to the request using legacy auth or being "
-        "deemed unsafe by security defaults policies.", "message_only"),
-    50057: AadError(400, "invalid_grant", "The user account is disabled."),
-    50055: AadError(400, "invalid_grant", "The password is expired.", "user_password_expired"),
-    50126: AadError(400, "invalid_grant",
-        "Error validating credentials due to invalid username or password."),
-    50034: AadError(400, "invalid_grant",
-        "The user account {upn} does not exist in the {tenant} directory. To sign into this application, the "
-        "account must be added to the directory."),
-    50020: AadError(400, "invalid_grant",
-        "User account '{upn}' from identity provider 'live.com' does not exist in tenant '{tenant}' and "
-        "cannot access the application '{client_id}'({app_name}) in that tenant. The account needs to be "
-        "added as an external user in the tenant first. Sign out and sign in again with a different Azure "
-        "Active Directory user account."),
-    90002: AadError(400, "invalid_request",
-        "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into "
-        "the correct cloud. Check with your subscription administrator, this may happen if there are no "
-        "active subscriptions for the tenant."),
-    500011: AadError(400, "invalid_resource",
-        "The resource principal named {resource} was not found in the tenant named {tenant}. This can happen "
-        "if the application has not been installed by the administrator of the tenant or consented to by any "
-        "user in the tenant. You might have sent your authentication request to the wrong tenant."),
-    70011: AadError(400, "invalid_scope",
-        "The provided request must include a 'scope' input parameter. The provided value for the input "
-        "parameter 'scope' is not valid. The scope {scope} is not valid."),
-    50196: AadError(400, "invalid_grant",
-        "The server terminated an operation because it encountered a client request loop. Please contact "
-        "your app vendor."),
-    # Not failure reasons of the exporter, but part of the protocol the simulator speaks:
-    70016: AadError(400, "authorization_pending", "OAuth 2.0 device flow error. Authorization is pending. "
-        "Continue polling."),
-    70020: AadError(400, "expired_token", "The provided value for the input parameter 'device_code' is not "
-        "valid. This device code has expired."),
-    70000: AadError(400, "invalid_grant", "The provided value for the input parameter 'refresh_token' or "
-        "'assertion' is not valid."),
-    70003: AadError(400, "unsupported_grant_type", "The app requested an unsupported grant type "
-        "'{grant_type}'."),
-    900144: AadError(400, "invalid_request", "The request body must contain the following parameter: "
-        "'{parameter}'."),
-    9002313: AadError(400, "invalid_request", "Invalid request. Request is malformed or invalid."),
-    50027: AadError(400, "invalid_request", "JWT token is invalid or malformed."),
-    90033: AadError(503, "temporarily_unavailable", "A transient error has occurred. Please try again."),
-}
-
-_CTX_DEFAULTS = {
-    "client_id": "00000000-0000-0000-0000-000000000000",
-    "tenant": "unknown",
-    "upn": "unknown",
-    "scope": "(none)",
-    "resource": "(none)",
-    "resource_app": EXCHANGE_APP_ID,
-    "app_name": "ECE mail app",
-    "grant_type": "",
-    "parameter": "grant_type",
-    "detail": "Client assertion failed signature validation.",
-    "nbf": "unknown",
-    "exp": "unknown",
-}
-
-
-class _Ctx(dict[str, Any]):
-    """format_map context: unknown placeholders get plausible defaults instead of raising."""
-
-    def __missing__(self, key: str) -> Any:
-        if key in ("now", "issued"):
-            return _ms_time(time.time() - (86400 * 30 if key == "issued" else 0))
-        return _CTX_DEFAULTS.get(key, "unknown")
-
-
-def _ms_time(ts: float) -> str:
-    """Microsoft's error timestamp format: '2026-01-09 02:02:12Z'."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def error_body(
-    code: int, *, error: str | None = None, correlation_id: str | None = None, **ctx: Any
-) -> tuple[int, dict[str, Any]]:
-    """(HTTP status, Microsoft-shaped JSON body) for an AADSTS code; usable without a server."""
-    spec = AADSTS_ERRORS.get(code, AadError(400, "invalid_request", "Simulated identity platform error."))
-    trace_id = str(uuid.uuid4())
-    corr = correlation_id or str(uuid.uuid4())
-    stamp = _ms_time(time.time())
-    text = spec.text.format_map(_Ctx(ctx))
-    body: dict[str, Any] = {
-        "error": error or spec.error,
-        "error_description": f"AADSTS{code}: {text}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {corr}"
-        f"\r\nTimestamp: {stamp}",
-        "error_codes": [code],
-        "timestamp": stamp,
-        "trace_id": trace_id,
-        "correlation_id": corr,
-        "error_uri": f"https://login.microsoftonline.com/error?code={code}",
-    }
-    if spec.suberror:
-        body["suberror"] = spec.suberror
-    return spec.status, body
-
-
-# ---------------------------------------------------------------------------------------------
-# In-process helpers shared by the admin API, seed.py and tests
-
-
-def find_user(state: SimState, upn: str) -> SimUser | None:
-    """UPNs are case-insensitive in Entra ID."""
-    user = state.users.get(upn)
-    if user is not None:
-        return user
-    low = upn.lower()
-    return next((u for k, u in state.users.items() if k.lower() == low), None)
-
-
-def approve_device_code(state: SimState, user_code: str, upn: str) -> bool:
-    """Mark the pending device code with this user_code as signed in by `upn` (what a browser would do)."""
-    with state.lock:
-        for entry in state.device_codes.values():
-            if str(entry.get("user_code", "")).upper() == user_code.strip().upper():
-                entry["user"] = upn
-                return True
-    return False
-
-
-def revoke_refresh_tokens(state: SimState, upn: str) -> int:
-    """Invalidate every refresh token of a user (password reset / revoke sessions): AADSTS50173 afterwards."""
-    low = upn.lower()
-    with state.lock:
-        doomed = [rt for rt, (_, owner, _) in state.refresh_tokens.items() if owner.lower() == low]
-        for rt in doomed:
-            del state.refresh_tokens[rt]
-    return len(doomed)
-
-
-def expire_refresh_tokens(state: SimState, upn: str) -> int:
-    """Lapse every refresh token of a user (90 days inactive): AADSTS700082 afterwards."""
-    low = upn.lower()
-    with state.lock:
-        doomed = [rt for rt, (_, owner, _) in state.refresh_tokens.items() if owner.lower() == low]
-        for rt in doomed:
-            del state.refresh_tokens[rt]
-            state.expired_refresh_tokens.add(rt)
-    return len(doomed)
-
-
-_MAILBOX_FAULT_FIELDS = {
-    "imap_enabled": True, "pop_enabled": True, "smtp_auth_disabled": False, "not_accessible": False,
-    "security_defaults": False, "conditional_access": False,
-}
-
-
-def reset_faults(state: SimState) -> None:
-    """Back to a healthy tenant: no token/server faults, SMTP AUTH on, mailbox switches off, counters 0."""
-    with state.lock:
-        state.token_faults.clear()
-        state.server_faults.clear()
-        state.tenant_smtp_auth_disabled = False
-        for mailbox in state.mailboxes.values():
-            for name, value in _MAILBOX_FAULT_FIELDS.items():
-                if hasattr(mailbox, name):
-                    setattr(mailbox, name, value)
-        state.counters.clear()
-
-
-def _coerce(cls: type, name: str, value: Any) -> Any:
-    """Check one JSON value against a dataclass field's declared type (annotations are strings here)."""
-    by_name = {f.name: f for f in dataclasses.fields(cls)}
-    if name not in by_name:
-        raise ValueError(f"unknown field {name!r} for {cls.__name__}")
-    kind = str(by_name[name].type)
-    if value is None:
-        if "None" in kind:
-            return None
-        raise ValueError(f"{name} must not be null")
-    if kind.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-    elif kind.startswith("int"):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind.startswith("float"):
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif kind.startswith("str"):
-        if isinstance(value, str):
-            return value
-    elif kind.startswith(("set[", "list[")):
-        if isinstance(value, list | tuple | set) and all(isinstance(v, str) for v in value):
-            return set(value) if kind.startswith("set[") else list(value)
-    else:
-        return value
-    raise ValueError(f"{name} must be {kind}")
-
-
-def _merge(obj: Any, body: dict[str, Any]) -> None:
-    values = {k: _coerce(type(obj), k, v) for k, v in body.items()}  # validate all before changing any
-    for k, v in values.items():
-        setattr(obj, k, v)
-
-
-def _is_loopback(remote: str | None) -> bool:
-    if not remote:
-        return False
-    try:
-        addr = ipaddress.ip_address(remote.split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(addr, "ipv4_mapped", None)
-    return bool(addr.is_loopback or (mapped is not None and mapped.is_loopback))
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def _admin_loopback_only(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith(ADMIN_PREFIX) and not _is_loopback(request.remote):
-        return web.json_response({"error": "the simulator admin API is loopback-only"}, status=403)
-    return await handler(request)
 
 
 def _basic_auth(request: web.Request) -> tuple[str | None, str | None]:
@@ -403,22 +125,12 @@ class IdentityServer:
         self.certs = certs
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(middlewares=[_admin_loopback_only])
+        self.app = web.Application()
         r = self.app.router
         r.add_get("/{tenant}/v2.0/.well-known/openid-configuration", self._openid_configuration)
         r.add_post("/{tenant}/oauth2/v2.0/token", self._token)
         r.add_post("/{tenant}/oauth2/v2.0/devicecode", self._devicecode)
-        r.add_post("/_sim/faults/token/{key}", self._admin_set_token_fault)
-        r.add_delete("/_sim/faults/token/{key}", self._admin_delete_token_fault)
-        r.add_post("/_sim/faults/server/{protocol}", self._admin_server_fault)
-        r.add_post("/_sim/mailbox/{address}", self._admin_mailbox)
-        r.add_post("/_sim/users/{upn}/revoke", self._admin_revoke)
-        r.add_post("/_sim/users/{upn}/expire", self._admin_expire)
-        r.add_post("/_sim/users/{upn}", self._admin_user)
-        r.add_post("/_sim/tenant", self._admin_tenant)
-        r.add_post("/_sim/devicecode/approve", self._admin_approve)
-        r.add_get("/_sim/stats", self._admin_stats)
-        r.add_post("/_sim/reset", self._admin_reset)
+        add_admin_routes(self.app, state)
 
     async def start(self, host: str, port: int = 0) -> int:
         """Serve HTTPS on host:port (0 = ephemeral); returns the bound port."""
@@ -682,9 +394,9 @@ class IdentityServer:
             isinstance(nbf, int | float) and not isinstance(nbf, bool) and nbf > now + CLOCK_SKEW_SECONDS
         ):
             return 700024, {
-                "now": _ms_time(now),
-                "nbf": _ms_time(float(nbf)) if isinstance(nbf, int | float) else "unknown",
-                "exp": _ms_time(float(exp)),
+                "now": ms_time(now),
+                "nbf": ms_time(float(nbf)) if isinstance(nbf, int | float) else "unknown",
+                "exp": ms_time(float(exp)),
             }
         if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
             return 700027, {"detail": "Client assertion issuer and subject must be the app's client_id."}
@@ -861,129 +573,3 @@ class IdentityServer:
             "message": f"To sign in, use a web browser to open the page {VERIFICATION_URI} and enter the "
             f"code {user_code} to authenticate.",
         })
-
-    # -- admin API ------------------------------------------------------------------------
-
-    @staticmethod
-    async def _json(request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {exc}"}),
-                                     content_type="application/json") from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text=json.dumps({"error": "body must be a JSON object"}),
-                                     content_type="application/json")
-        return body
-
-    @staticmethod
-    def _bad(message: str, status: int = 400) -> web.Response:
-        return web.json_response({"error": message}, status=status)
-
-    async def _admin_set_token_fault(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        try:
-            fault = TokenFault(**{k: _coerce(TokenFault, k, v) for k, v in body.items()})
-        except ValueError as exc:
-            return self._bad(str(exc))
-        key = request.match_info["key"]
-        with self.state.lock:
-            self.state.token_faults[key] = fault
-        return web.json_response({"key": key, "fault": dataclasses.asdict(fault)})
-
-    async def _admin_delete_token_fault(self, request: web.Request) -> web.Response:
-        key = request.match_info["key"]
-        with self.state.lock:
-            removed = self.state.token_faults.pop(key, None) is not None
-        return web.json_response({"key": key, "deleted": removed})
-
-    async def _admin_server_fault(self, request: web.Request) -> web.Response:
-        protocol = request.match_info["protocol"]
-        if protocol not in ("imap", "pop3", "smtp"):
-            return self._bad(f"unknown protocol {protocol!r} (imap | pop3 | smtp)", 404)
-        body = await self._json(request)
-        with self.state.lock:
-            fault = self.state.server_faults.get(protocol) or ServerFault()
-            try:
-                _merge(fault, body)
-            except ValueError as exc:
-                return self._bad(str(exc))
-            self.state.server_faults[protocol] = fault
-        return web.json_response({"protocol": protocol, "fault": dataclasses.asdict(fault)})
-
-    async def _admin_mailbox(self, request: web.Request) -> web.Response:
-        address = request.match_info["address"]
-        body = await self._json(request)
-        body.pop("address", None)
-        with self.state.lock:
-            mailbox = self.state.mailboxes.get(address) or SimMailbox(address)
-            try:
-                _merge(mailbox, body)
-            except ValueError as exc:
-                return self._bad(str(exc))
-            self.state.mailboxes[address] = mailbox
-            fields = dataclasses.asdict(mailbox).items()
-            shown = {k: sorted(v) if isinstance(v, set) else v for k, v in fields}
-        return web.json_response(shown)
-
-    async def _admin_user(self, request: web.Request) -> web.Response:
-        upn = request.match_info["upn"]
-        body = await self._json(request)
-        body.pop("upn", None)
-        with self.state.lock:
-            user = find_user(self.state, upn) or SimUser(upn)
-            try:
-                _merge(user, body)
-            except ValueError as exc:
-                return self._bad(str(exc))
-            self.state.users[user.upn] = user
-            shown = {k: v for k, v in dataclasses.asdict(user).items() if k != "password"}
-        return web.json_response(shown)
-
-    async def _admin_revoke(self, request: web.Request) -> web.Response:
-        upn = request.match_info["upn"]
-        return web.json_response({"upn": upn, "revoked": revoke_refresh_tokens(self.state, upn)})
-
-    async def _admin_expire(self, request: web.Request) -> web.Response:
-        upn = request.match_info["upn"]
-        return web.json_response({"upn": upn, "expired": expire_refresh_tokens(self.state, upn)})
-
-    async def _admin_tenant(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        unknown = set(body) - {"smtp_auth_disabled", "token_lifetime"}
-        if unknown:
-            return self._bad(f"unknown tenant fields {sorted(unknown)}")
-        smtp = body.get("smtp_auth_disabled")
-        lifetime = body.get("token_lifetime")
-        if smtp is not None and not isinstance(smtp, bool):
-            return self._bad("smtp_auth_disabled must be a boolean")
-        if lifetime is not None and (type(lifetime) is not int or lifetime < 1):
-            return self._bad("token_lifetime must be a positive integer")
-        with self.state.lock:
-            if smtp is not None:
-                self.state.tenant_smtp_auth_disabled = smtp
-            if lifetime is not None:
-                self.state.token_lifetime = lifetime
-            out = {"smtp_auth_disabled": self.state.tenant_smtp_auth_disabled,
-                   "token_lifetime": self.state.token_lifetime}
-        return web.json_response(out)
-
-    async def _admin_approve(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
-        user_code, upn = body.get("user_code"), body.get("upn")
-        if not isinstance(user_code, str) or not isinstance(upn, str):
-            return self._bad("user_code and upn are required strings")
-        if not approve_device_code(self.state, user_code, upn):
-            return self._bad(f"no pending device code {user_code!r}", 404)
-        return web.json_response({"user_code": user_code, "upn": upn, "approved": True})
-
-    async def _admin_stats(self, request: web.Request) -> web.Response:
-        with self.state.lock:
-            items = sorted(self.state.counters.items())
-        return web.json_response({"counters": [{"key": list(k), "count": n} for k, n in items]})
-
-    async def _admin_reset(self, request: web.Request) -> web.Response:
-        reset_faults(self.state)
-        return web.json_response({"reset": True})

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from .idp import approve_device_code
+from .admin import approve_device_code
 from .state import SimApp, SimMailbox, SimState, SimUser
 from .tokens import b64url
 

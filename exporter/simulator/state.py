@@ -124,3 +124,12 @@ class SimState:
         return sum(
             n for k, n in self.counters.items() if k[0] == "token" and (client_id is None or k[1] == client_id)
         )
+
+
+def find_user(state: SimState, upn: str) -> SimUser | None:
+    """The user with this UPN, matched case-insensitively: UPNs are case-insensitive in Entra ID."""
+    user = state.users.get(upn)
+    if user is not None:
+        return user
+    low = upn.lower()
+    return next((u for k, u in state.users.items() if k.lower() == low), None)
