@@ -73,7 +73,13 @@ class CheckLine:
     def fix(self) -> str | None:
         if self.fix_text is not None:
             return self.fix_text
-        return self.reason.fix if self.reason is not None and not self.ok else None
+        if self.reason is None or self.ok:
+            return None
+        if self.stage in ("imap", "pop3", "smtp"):
+            return self.reason.fix_for(mailbox=self.target)
+        if self.stage == "token":
+            return self.reason.fix_for(credential=self.target)
+        return self.reason.fix
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,7 +212,8 @@ def mail_line(m: Mailbox, check: str, res: ProbeResult) -> CheckLine:
     else:
         n = res.facts.get("messages")
         what = "AUTHENTICATE XOAUTH2 + EXAMINE INBOX" if check == "imap" else "AUTH XOAUTH2 + STAT"
-        detail = what + (f": {int(float(n))} messages" if isinstance(n, int | float) else " ok")
+        count = int(float(n)) if isinstance(n, int | float) else None
+        detail = what + (f": {count} message{'' if count == 1 else 's'}" if count is not None else " ok")
     return CheckLine(check, m.label, True, None, res.detail or detail, res.duration, dict(res.facts))
 
 

@@ -43,6 +43,9 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter(fmt))
     handler.addFilter(_DropKnownNoise())
+    # also on the logger itself: records emitted while the loop shuts down can reach
+    # logging's last-resort handler, which has no filters
+    logging.getLogger("asyncio").addFilter(_DropKnownNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

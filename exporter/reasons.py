@@ -93,6 +93,16 @@ class Reason(StrEnum):
     def fix(self) -> str:
         return CATALOGUE[self].fix
 
+    def fix_for(self, mailbox: str | None = None, credential: str | None = None) -> str:
+        """The fix with the catalogue's placeholders (MAILBOX, `--credential NAME`) filled in,
+        so an operator can paste the command as shown."""
+        text = CATALOGUE[self].fix
+        if mailbox:
+            text = text.replace("-Identity MAILBOX", f"-Identity {mailbox}")
+        if credential:
+            text = text.replace("--credential NAME", f"--credential {credential}")
+        return text
+
 
 R = Reason
 T, M, N, X = Category.TOKEN, Category.MAIL, Category.NETWORK, Category.OTHER

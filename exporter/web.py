@@ -49,7 +49,7 @@ class _OneResult(Collector):
         return fam
 
 
-def render_debug(mailbox: str, check: str, result: ProbeResult) -> str:
+def render_debug(mailbox: str, check: str, result: ProbeResult, credential: str | None = None) -> str:
     lines = [
         f"mailbox: {mailbox}",
         f"check:   {check}",
@@ -58,7 +58,7 @@ def render_debug(mailbox: str, check: str, result: ProbeResult) -> str:
     if result.reason is not None:
         lines += [
             f"reason:  {result.reason.value} ({result.reason.summary})",
-            f"fix:     {result.reason.fix}",
+            f"fix:     {result.reason.fix_for(mailbox=mailbox, credential=credential)}",
         ]
     if result.detail:
         lines.append(f"detail:  {result.detail}")
@@ -86,7 +86,8 @@ async def probe(request: web.Request) -> web.Response:
     except KeyError as exc:
         return web.Response(status=404, text=f"{exc.args[0]}\n")
     if debug:
-        return web.Response(text=render_debug(mailbox, check, result), content_type="text/plain")
+        cred = next((m.credential for m in rt.config.mailboxes if mailbox in (m.label, m.address)), None)
+        return web.Response(text=render_debug(mailbox, check, result, cred), content_type="text/plain")
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_OneResult(result, {"mailbox": mailbox, "check": check}))
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})

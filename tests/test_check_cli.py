@@ -104,7 +104,9 @@ async def test_failing_mailbox_exits_1_names_reason_and_fix_without_ansi(env: En
     fail = next(i for i, ln in enumerate(lines) if "[FAIL]" in ln)
     assert "billing@contoso.example" in lines[fail] and "5.7.139" in lines[fail]
     assert f"reason: smtp_auth_disabled: {Reason.SMTP_AUTH_DISABLED.summary}" in lines[fail + 1]
-    assert f"fix:    {Reason.SMTP_AUTH_DISABLED.fix}" in lines[fail + 2]
+    fix = Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="billing@contoso.example")
+    assert "-Identity billing@contoso.example " in fix  # the command is ready to paste
+    assert f"fix:    {fix}" in lines[fail + 2]
     assert sum("[FAIL]" in ln for ln in lines) == 1
     assert "1 of " in lines[-1] and "checks failed" in lines[-1]
     # headings in checklist order
@@ -119,7 +121,7 @@ async def test_failing_mailbox_exits_1_names_reason_and_fix_without_ansi(env: En
     failed = [c for c in doc["checks"] if not c["ok"]]
     assert [(c["stage"], c["target"], c["reason"]) for c in failed] == [
         ("smtp", "billing@contoso.example", "smtp_auth_disabled")]
-    assert failed[0]["fix"] == Reason.SMTP_AUTH_DISABLED.fix
+    assert failed[0]["fix"] == Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="billing@contoso.example")
     assert failed[0]["summary"] == Reason.SMTP_AUTH_DISABLED.summary
 
 
@@ -212,7 +214,7 @@ def test_colour_only_on_a_terminal_without_no_color() -> None:
     line = CheckLine("smtp", "m@contoso.example", False, Reason.SMTP_AUTH_DISABLED, "535 5.7.139")
     assert ANSI.search(render_line(line, Style(True)))
     plain = render_line(line, Style(False))
-    assert not ANSI.search(plain) and Reason.SMTP_AUTH_DISABLED.fix in plain
+    assert not ANSI.search(plain) and Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="m@contoso.example") in plain
 
 
 async def test_text_on_a_terminal_has_colour_and_progress(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,14 @@ def test_docs_reasons_md_is_generated_from_the_catalogue() -> None:
         "regenerate: python -m exporter.reasons > docs/reasons.md"
 
 
+def test_fix_placeholders_are_filled_for_copy_paste() -> None:
+    fix = Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="sales@contoso.com")
+    assert "Set-CASMailbox -Identity sales@contoso.com -SmtpClientAuthenticationDisabled $false" in fix
+    fix = Reason.GRANT_REVOKED.fix_for(credential="support-delegate")
+    assert "m365-mail-exporter login --credential support-delegate" in fix
+    assert Reason.SMTP_AUTH_DISABLED.fix_for() == Reason.SMTP_AUTH_DISABLED.fix
+
+
 def test_classify() -> None:
     assert classify_aadsts("invalid_client", [7000222], 401) is Reason.SECRET_EXPIRED
     assert classify_aadsts(None, None, 429) is Reason.THROTTLED
