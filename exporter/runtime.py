@@ -90,7 +90,6 @@ class Runtime:
         from .audit import AppRegistrationAudit  # Graph app-registration audit (credentials with graph_audit)
 
         self.extra_jobs: list[Callable[[Runtime], list[Job]]] = [AppRegistrationAudit()]
-        self.started_at = time.time()
         self._reload_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ config
@@ -129,6 +128,8 @@ class Runtime:
         if self.scheduler.concurrency != config.defaults.concurrency:
             log.info("concurrency change takes effect after restart")
         jobs = self.build_jobs(config)
+        for extra in self.extra_jobs:
+            jobs += extra(self)
         keep: set[Key] = set()
         for job in jobs:
             self.store.ensure(job.key, job.interval, job.timeout)
@@ -144,11 +145,6 @@ class Runtime:
                 keep.add(key)
                 declared = {SECRET_PREFIX + "declared": cred.secret_expiry.timestamp()}
                 self.store.record(key, ProbeResult.ok(0.0, **declared))
-        for extra in self.extra_jobs:
-            for job in extra(self):
-                self.store.ensure(job.key, job.interval, job.timeout)
-                keep.add(job.key)
-                jobs.append(job)
         self.store.prune(keep)
         self.scheduler.set_jobs(jobs)
         self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))

@@ -34,7 +34,7 @@ class Job:
     interval: float
     timeout: float
     run: Callable[[], Awaitable[None]] = field(repr=False)
-    signature: object = None  # jobs with the same key and signature survive a reload untouched
+    signature: object = None  # same key, signature, interval and timeout: the job survives a reload untouched
 
     @property
     def phase(self) -> float:
@@ -59,7 +59,7 @@ class Scheduler:
         wanted = {j.key: j for j in jobs}
         for key, (job, task) in list(self._tasks.items()):
             new = wanted.get(key)
-            if new is None or new.signature != job.signature or new.interval != job.interval:
+            if new is None or (new.signature, new.interval, new.timeout) != (job.signature, job.interval, job.timeout):
                 task.cancel()
                 del self._tasks[key]
             else:

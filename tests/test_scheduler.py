@@ -101,6 +101,9 @@ async def test_set_jobs_keeps_unchanged_and_stops_removed() -> None:
     task_a = s._tasks[("a",)][1]
     s.set_jobs([Job(("a",), 0.1, 1, mk("a"), "sig"), Job(("c",), 0.1, 1, mk("c"), "sig")])
     assert s._tasks[("a",)][1] is task_a  # unchanged job kept its loop (no re-phasing)
+    s.set_jobs([Job(("a",), 0.1, 2, mk("a"), "sig"), Job(("c",), 0.1, 1, mk("c"), "sig")])
+    assert s._tasks[("a",)][1] is not task_a  # a new timeout restarts the job with the new backstop
+    assert s._tasks[("a",)][0].timeout == 2
     b_before = counts["b"]
     await asyncio.sleep(0.5)
     await s.stop()
