@@ -113,8 +113,7 @@ def _when(ts: float, now: float | None = None) -> str:
 
 def select_mailbox(config: Config, mailbox: str) -> Config:
     """The config reduced to one mailbox (by name or address), its credential and so its endpoints."""
-    m = next((m for m in config.mailboxes if m.label == mailbox), None) or next(
-        (m for m in config.mailboxes if m.address.lower() == mailbox.lower()), None)
+    m = config.find_mailbox(mailbox)
     if m is None:
         known = ", ".join(x.label for x in config.mailboxes) or "none configured"
         raise KeyError(f"unknown mailbox {mailbox!r} (configured: {known})")

@@ -189,6 +189,11 @@ class Config(_Model):
     credentials: dict[str, Credential] = {}
     mailboxes: list[Mailbox] = []
 
+    def find_mailbox(self, name: str) -> Mailbox | None:
+        """A mailbox by its label, else by address (case-insensitive, as email addresses are)."""
+        return next((m for m in self.mailboxes if m.label == name), None) or next(
+            (m for m in self.mailboxes if m.address.lower() == name.lower()), None)
+
     def credential_for(self, mailbox: Mailbox) -> Credential:
         return self.credentials[mailbox.credential]
 

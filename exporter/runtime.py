@@ -289,7 +289,7 @@ class Runtime:
 
     async def probe_now(self, mailbox: str, check: str) -> ProbeResult:
         """Run one check immediately (GET /probe, `check` CLI): records like a scheduled probe."""
-        m = next((m for m in self.config.mailboxes if m.label == mailbox or m.address == mailbox), None)
+        m = self.config.find_mailbox(mailbox)
         if m is None:
             raise KeyError(f"unknown mailbox {mailbox!r}")
         if check not in ("token", "imap", "pop3", "smtp"):

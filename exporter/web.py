@@ -86,7 +86,8 @@ async def probe(request: web.Request) -> web.Response:
     except KeyError as exc:
         return web.Response(status=404, text=f"{exc.args[0]}\n")
     if debug:
-        cred = next((m.credential for m in rt.config.mailboxes if mailbox in (m.label, m.address)), None)
+        found = rt.config.find_mailbox(mailbox)
+        cred = found.credential if found is not None else None
         return web.Response(text=render_debug(mailbox, check, result, cred), content_type="text/plain")
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_OneResult(result, {"mailbox": mailbox, "check": check}))

@@ -130,6 +130,13 @@ def test_unique_endpoints_cover_mail_login_and_graph_once() -> None:
     assert ("endpoint", "login.microsoftonline.com", "443") not in Runtime(proxied).unique_endpoints(proxied)
 
 
+def test_find_mailbox_by_name_or_case_insensitive_address() -> None:
+    cfg = parse_config(GOOD, "cfg.yml")
+    assert cfg.find_mailbox("sales@contoso.example") is cfg.mailboxes[0]
+    assert cfg.find_mailbox("Support@Contoso.Example") is cfg.mailboxes[1]
+    assert cfg.find_mailbox("nobody@contoso.example") is None
+
+
 def test_dns_resolvers_are_validated() -> None:
     (problem,) = errors_of(GOOD.replace("  timeout: 5s", "  timeout: 5s\n  dns:\n    resolvers: [dns.example.com]"))
     assert problem.startswith("cfg.yml:5: defaults.dns.resolvers:") and "expected an IP address" in problem
