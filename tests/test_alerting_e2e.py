@@ -13,7 +13,6 @@ Everything listens on 127.0.0.1 with ephemeral ports, lives in pytest's tmp_path
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -34,6 +33,8 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
+import alerts.generate as gen
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODULE = ROOT / "exporter" / "simulator" / "demo.py"
@@ -193,15 +194,6 @@ class Processes:
                 p.wait(timeout=5)
 
 
-def load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("m365_alerts_generate_e2e", ALERTS / "generate.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def alertmanager_config(webhook_url: str) -> dict[str, Any]:
     """The example config, receivers pointed at the test's webhook, timers shortened."""
     cfg = yaml.safe_load((ALERTS / "alertmanager.example.yml").read_text(encoding="utf-8"))
@@ -258,7 +250,6 @@ def stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         ], cwd=ROOT, env=env)
 
         # the rule file: generated with shortened durations, checked by promtool when available
-        gen = load_generator()
         rules = tmp_path / "m365.rules.yml"
         rules.write_text(gen.render(gen.load_config(overrides=SHORT)), encoding="utf-8")
         if shutil.which("promtool"):
