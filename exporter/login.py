@@ -37,6 +37,7 @@ from typing import Any
 
 import msal
 
+from . import oscompat
 from .auth.cache import save_cache
 from .auth.claims import decode_claims, token_identity, token_permissions
 from .auth.errors import TokenError, from_msal_result
@@ -45,7 +46,7 @@ from .config import Config, ConfigError, load_config
 from .reasons import Reason
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-DEFAULT_CONFIG = "config/m365-mail-exporter.yml"
+DEFAULT_CONFIG = oscompat.default_config_path()
 
 FlowCallback = Callable[[dict[str, Any]], None]
 
