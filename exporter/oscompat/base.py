@@ -40,7 +40,8 @@ class Triggers:
                  reload: Callable[[], Awaitable[object]]) -> None:
         self.loop, self._stop, self._reload = loop, stop, reload
         self._undo: list[Callable[[], None]] = []
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()  # reloads in flight: awaited (bounded) on close
+        self._helpers: set[asyncio.Task[object]] = set()  # watches: cancelled on close
         self.reloads = 0
 
     def on_close(self, undo: Callable[[], None]) -> None:
@@ -66,12 +67,17 @@ class Triggers:
 
     def add_task(self, task: asyncio.Task[object]) -> None:
         """A background helper (the Windows config watch) that close() cancels."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
 
     async def close(self, timeout: float = 10.0) -> None:
         while self._undo:
             self._undo.pop()()
+        helpers = list(self._helpers)
+        for h in helpers:
+            h.cancel()
+        if helpers:
+            await asyncio.wait(helpers, timeout=timeout)
         tasks = list(self._tasks)
         if not tasks:
             return

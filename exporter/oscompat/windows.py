@@ -127,6 +127,7 @@ class WindowsPlatform(Platform):
         self._sid: str | None = None
         self._vt: dict[int, bool] = {}
         self.config_poll_seconds = config_poll_seconds
+        self.shutdown_grace_seconds = SHUTDOWN_GRACE_SECONDS
 
     @property
     def api(self) -> Win32Api:
@@ -220,7 +221,7 @@ class WindowsPlatform(Platform):
                 return True  # a service's console gets this whenever any user logs off: not for us
             if event in (CTRL_CLOSE_EVENT, CTRL_SHUTDOWN_EVENT):
                 loop.call_soon_threadsafe(t.request_stop)
-                finished.wait(SHUTDOWN_GRACE_SECONDS)
+                finished.wait(self.shutdown_grace_seconds)
                 return True
             return False  # Ctrl+C / Ctrl+Break: the signal handlers above take them
 
