@@ -178,7 +178,7 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
     except OSError as exc:
         return LoginResult(EXIT_FAILED, f"cannot write the token cache {path}: {exc.strerror or exc}",
                            identity=identity)
-    message = (f"Signed in as {identity}. Token cache written to {path} (mode 0600); the running exporter "
+    message = (f"Signed in as {identity}. Token cache written to {path} (owner-only); the running exporter "
                "picks it up at its next token refresh.")
     needed = required_permissions(cred, provider.checks or {"imap", "pop3", "smtp"})
     missing = sorted(needed - token_permissions(claims)) if claims else []
