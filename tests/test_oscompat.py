@@ -235,7 +235,9 @@ async def test_posix_triggers_are_the_unix_signals() -> None:
         await asyncio.wait_for(stop.wait(), 5)
     finally:
         await t.close()
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    os.kill(os.getpid(), signal.SIGHUP)  # still handled while the loop lives, but no reload once closed
+    await asyncio.sleep(0.1)
+    assert reloads == [1] and t.reloads == 1
 
 
 @pytest.mark.skipif(SIMULATED, reason="file modes are meaningless on Windows")
@@ -253,3 +255,9 @@ def test_posix_files_and_dirs_are_owner_only(tmp_path: Path) -> None:
     assert p.exposure(f) == base.Exposure("group/others (mode 640)", "chmod 600 it")
     p.protect_file(f, None, 0o600)
     assert p.exposure(f) is None
+    limit = p.descriptor_limit()
+    assert limit is None or limit >= 64
+
+
+def test_windows_has_no_descriptor_limit(win: FakeWindows) -> None:
+    assert win.platform.descriptor_limit() is None

@@ -140,3 +140,4 @@ def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
 
 def save_cache(path: Path, cache: msal.SerializableTokenCache) -> None:
     atomic_write(path, cache.serialize())
+    warn_if_exposed(path.parent)  # `login` into an existing directory others can use (once per path)

@@ -30,7 +30,8 @@ from .base import Exposure, Platform, Triggers
 from .posix import PosixPlatform
 
 __all__ = [
-    "Exposure", "Platform", "Triggers", "current", "default_config_path", "enable_ansi", "exposure",
+    "Exposure", "Platform", "Triggers", "current", "default_config_path", "descriptor_limit", "enable_ansi",
+    "exposure",
     "fsync_dir", "install_triggers", "is_windows", "make_private_dir", "protect_file", "replace", "select",
 ]
 
@@ -88,6 +89,12 @@ def exposure(path: str | Path) -> Exposure | None:
 def fsync_dir(path: str | Path) -> None:
     """Make a rename in `path` durable (POSIX); Windows has no directory fsync (NTFS journals it)."""
     _current.fsync_dir(Path(path))
+
+
+def descriptor_limit() -> int | None:
+    """The soft limit on open file descriptors (POSIX RLIMIT_NOFILE), None where there is no such limit
+    (Windows sockets are kernel handles, not C runtime descriptors). For sizing connection caps."""
+    return _current.descriptor_limit()
 
 
 def enable_ansi(stream: TextIO) -> bool:

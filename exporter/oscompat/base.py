@@ -43,6 +43,7 @@ class Triggers:
         self._tasks: set[asyncio.Task[object]] = set()  # reloads in flight: awaited (bounded) on close
         self._helpers: set[asyncio.Task[object]] = set()  # watches: cancelled on close
         self.reloads = 0
+        self.closed = False
 
     def on_close(self, undo: Callable[[], None]) -> None:
         self._undo.append(undo)
@@ -51,6 +52,9 @@ class Triggers:
         self._stop()
 
     def request_reload(self) -> None:
+        if self.closed:
+            log.info("reload request ignored: shutting down")
+            return
         self.reloads += 1
         task: asyncio.Task[object] = self.loop.create_task(self._run_reload())
         self._tasks.add(task)
@@ -71,6 +75,8 @@ class Triggers:
         task.add_done_callback(self._helpers.discard)
 
     async def close(self, timeout: float = 10.0) -> None:
+        """Stop watching, let reloads in flight finish (bounded), refuse new ones, run the undo hooks."""
+        self.closed = True
         while self._undo:
             self._undo.pop()()
         helpers = list(self._helpers)
@@ -125,6 +131,9 @@ class Platform:
 
     def enable_ansi(self, stream: TextIO) -> bool:
         raise NotImplementedError
+
+    def descriptor_limit(self) -> int | None:
+        return None
 
     def install_triggers(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None],
                          reload: Callable[[], Awaitable[object]], config_path: str | Path | None) -> Triggers:

@@ -47,14 +47,21 @@ class PosixPlatform(Platform):
         finally:
             os.close(dir_fd)
 
+    def descriptor_limit(self) -> int | None:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return None if soft == resource.RLIM_INFINITY else int(soft)
+
     def enable_ansi(self, stream: TextIO) -> bool:
         return True  # every POSIX terminal speaks ANSI; whether to colour at all is decided by the caller
 
     def install_triggers(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None],
                          reload: Callable[[], Awaitable[object]], config_path: str | Path | None) -> Triggers:
         t = Triggers(loop, stop, reload)
+        # Kept until the loop closes (asyncio removes them then), as always: a second SIGTERM or Ctrl+C
+        # while shutting down is absorbed, and a SIGHUP then is ignored (closed triggers refuse reloads).
         for sig, fn in ((signal.SIGTERM, t.request_stop), (signal.SIGINT, t.request_stop),
                         (signal.SIGHUP, t.request_reload)):
             loop.add_signal_handler(sig, fn)
-            t.on_close(lambda sig=sig: loop.remove_signal_handler(sig))
         return t
