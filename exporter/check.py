@@ -26,12 +26,12 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from . import __version__
+from . import __version__, oscompat
 from .checklist import STAGE_TITLES, CheckLine, Checklist
 from .config import Config, ConfigError, load_config
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-DEFAULT_CONFIG = "config/m365-mail-exporter.yml"
+DEFAULT_CONFIG = oscompat.default_config_path()
 SPINNER = "|/-\\"
 
 
@@ -66,7 +66,7 @@ def use_colour(stream: TextIO, env: dict[str, str] | None = None) -> bool:
         return False
     if env.get("TERM") == "dumb":
         return False
-    return bool(getattr(stream, "isatty", lambda: False)())
+    return bool(getattr(stream, "isatty", lambda: False)()) and oscompat.enable_ansi(stream)  # Windows: VT mode
 
 
 def render_line(line: CheckLine, style: Style, width: int = 34) -> str:

@@ -11,12 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from . import __version__, oscompat
 from .config import ConfigError, load_config, parse_duration
 
 DEFAULT_PORT = 9731
@@ -24,7 +23,7 @@ DEFAULT_LISTEN = f":{DEFAULT_PORT}"
 log = logging.getLogger("exporter")
 
 
-DEFAULT_CONFIG = "config/m365-mail-exporter.yml"
+DEFAULT_CONFIG = oscompat.default_config_path()  # POSIX: config/...; Windows: under %ProgramData%
 
 
 def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
@@ -113,10 +112,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(runtime.reload()))
+    triggers = oscompat.install_triggers(loop, stop.set, runtime.reload, config_path)  # SIGHUP / Windows events
     await stop.wait()
+    await triggers.close()  # no reload may start jobs again while we stop
     log.info("shutting down")
     await runner.cleanup()
     await runtime.stop()

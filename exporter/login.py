@@ -37,6 +37,7 @@ from typing import Any
 
 import msal
 
+from . import oscompat
 from .auth.cache import save_cache
 from .auth.claims import decode_claims, token_identity, token_permissions
 from .auth.errors import TokenError, from_msal_result
@@ -45,7 +46,7 @@ from .config import Config, ConfigError, load_config
 from .reasons import Reason
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-DEFAULT_CONFIG = "config/m365-mail-exporter.yml"
+DEFAULT_CONFIG = oscompat.default_config_path()
 
 FlowCallback = Callable[[dict[str, Any]], None]
 
@@ -177,7 +178,7 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
     except OSError as exc:
         return LoginResult(EXIT_FAILED, f"cannot write the token cache {path}: {exc.strerror or exc}",
                            identity=identity)
-    message = (f"Signed in as {identity}. Token cache written to {path} (mode 0600); the running exporter "
+    message = (f"Signed in as {identity}. Token cache written to {path} (owner-only); the running exporter "
                "picks it up at its next token refresh.")
     needed = required_permissions(cred, provider.checks or {"imap", "pop3", "smtp"})
     missing = sorted(needed - token_permissions(claims)) if claims else []

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter import oscompat
 from exporter.auth.cache import load_cache
 from exporter.cli import main as cli_main
 from exporter.config import Config
@@ -68,6 +69,7 @@ async def test_right_user_writes_0600_cache_the_exporter_uses(env: Env) -> None:
     assert "microsoft.com/devicelogin" in flows[0]["message"] and flows[0]["user_code"] in flows[0]["message"]
     cache = env.files["cache"]
     assert (cache.stat().st_mode & 0o777) == 0o600
+    assert oscompat.exposure(cache) is None  # and, under tests/winsim.py, its Windows ACL
     assert cache_accounts(cache) == [DELEGATE]
     text = cache.read_text()
     assert "refresh_token" in text.lower() or "RefreshToken" in text
