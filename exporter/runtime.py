@@ -33,6 +33,7 @@ from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_co
 from .probes.result import ProbeResult
 from .reasons import Reason
 from .scheduler import Job, Scheduler
+from .sharding import Shard
 from .store import Key, ResultStore
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Runtime:
 
         self.extra_jobs: list[Callable[[Runtime], list[Job]]] = [AppRegistrationAudit()]
         self._reload_lock = asyncio.Lock()
+        self.shard = Shard()  # set by `serve` from --shard.*: apply() keeps only this shard's part of a config
 
     # ------------------------------------------------------------------ config
 
@@ -111,6 +113,7 @@ class Runtime:
 
     def apply(self, config: Config) -> None:
         """Swap in a validated config: keep unchanged providers/jobs, start new, stop removed."""
+        config = self.shard.select(config)  # sharded: only this shard's mailboxes and the credentials they use
         checks = self.checks_by_credential(config)
         new_providers: dict[str, TokenProvider] = {}
         new_sigs: dict[str, tuple[object, ...]] = {}
@@ -149,6 +152,8 @@ class Runtime:
         self.scheduler.set_jobs(jobs)
         self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))
         self.store.set_fact("m365_credentials", float(len(config.credentials)))
+        self.store.set_fact("shard_index", float(self.shard.index))  # m365_exporter_shard_info{shard,shards}
+        self.store.set_fact("shard_total", float(self.shard.total))
 
     def build_jobs(self, config: Config) -> list[Job]:
         d = config.defaults
