@@ -60,12 +60,12 @@ class SimThread:
             add_mailbox(self.env.state, f"box{i:02d}@contoso.example", app_access=[APP_ID, CERT_APP_ID])
 
     def logins(self) -> Counter[tuple[str, str]]:
-        """(protocol, address) -> successful XOAUTH2 logins so far."""
+        """(protocol, address) -> XOAUTH2 logins so far (accepted or refused)."""
         with self.env.state.lock:
             items = list(self.env.state.counters.items())
         out: Counter[tuple[str, str]] = Counter()
         for key, n in items:
-            if len(key) == 3 and key[0] in ("imap", "pop3", "smtp") and key[2] == "ok":
+            if len(key) == 3 and key[0] in ("imap", "pop3", "smtp") and key[1]:
                 out[(key[0], key[1])] += n
         return out
 
@@ -109,6 +109,34 @@ def start_exporters(procs: Processes, cfg: Path, flags: dict[str, list[str]]) ->
     return ports
 
 
+def start_prometheus(procs: Processes, tmp: Path, ports: dict[str, int]) -> int:
+    """Debian's Prometheus scraping every exporter every second, with the shipped rules, durations shortened."""
+    prometheus = need("prometheus")
+    prom_port = free_port()
+    rules = tmp / "m365.rules.yml"
+    short = json.loads(json.dumps(SHORT))
+    short["alerts"]["M365ExporterDown"] = {"for": "2s"}
+    rules.write_text(gen.render(gen.load_config(overrides=short)), encoding="utf-8")
+    prom_cfg = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [{"job_name": JOB, "static_configs": [
+            {"targets": [f"127.0.0.1:{p}"], "labels": {"replica": n}} for n, p in ports.items()]}],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg), encoding="utf-8")
+    procs.start("prometheus", [prometheus, f"--config.file={tmp / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp / 'prom-data'}",
+                               f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"], cwd=tmp)
+    wait_for("every exporter up in Prometheus",
+             lambda: len(prom_query(prom_port, f'up{{job="{JOB}"}} == 1')) == len(ports), 30.0, procs.logs)
+    return prom_port
+
+
+def firing(prom_port: int, alertname: str) -> list[dict[str, Any]]:
+    data = json.loads(http_get(f"http://127.0.0.1:{prom_port}/api/v1/alerts"))["data"]["alerts"]
+    return [a for a in data if a["labels"]["alertname"] == alertname and a["state"] == "firing"]
+
+
 def mailbox_checks(port: int) -> set[tuple[str, str]]:
     """(check, mailbox) of every mail probe that ran in this exporter, from its /metrics."""
     out = set()
@@ -122,7 +150,7 @@ def mailbox_checks(port: int) -> set[tuple[str, str]]:
 
 
 def test_three_shards_cover_every_check_once_and_a_stopped_shard_pages(sim: SimThread, tmp_path: Path) -> None:
-    prometheus = need("prometheus")
+    need("prometheus")
     started = time.monotonic()
     cfg = tmp_path / "config.yml"
     expected = write_config(sim, cfg)
@@ -149,23 +177,7 @@ def test_three_shards_cover_every_check_once_and_a_stopped_shard_pages(sim: SimT
             assert ('m365_token_requests_total{credential="cert"}' in text) == uses_cert, (n, per_shard[n])
 
         # Prometheus scrapes the three shards with the shipped (generated) rules
-        prom_port = free_port()
-        rules = tmp_path / "m365.rules.yml"
-        short = json.loads(json.dumps(SHORT))
-        short["alerts"]["M365ExporterDown"] = {"for": "2s"}
-        rules.write_text(gen.render(gen.load_config(overrides=short)), encoding="utf-8")
-        prom_cfg = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules)],
-            "scrape_configs": [{"job_name": JOB, "static_configs": [
-                {"targets": [f"127.0.0.1:{p}"], "labels": {"replica": n}} for n, p in ports.items()]}],
-        }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg), encoding="utf-8")
-        procs.start("prometheus", [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-                                   f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"], cwd=tmp_path)
-        wait_for("three shards up in Prometheus",
-                 lambda: len(prom_query(prom_port, f'up{{job="{JOB}"}} == 1')) == 3, 30.0, procs.logs)
+        prom_port = start_prometheus(procs, tmp_path, ports)
         assert prom_query(prom_port, f'sum(m365_mailboxes{{job="{JOB}"}})')[0]["value"][1] == str(N_MAILBOXES)
 
         # stop shard 1: its checks must not just vanish
@@ -174,10 +186,8 @@ def test_three_shards_cover_every_check_once_and_a_stopped_shard_pages(sim: SimT
         victim.wait(10)
         del procs.procs["shard1"]
 
-        def firing() -> list[dict[str, Any]] | None:
-            data = json.loads(http_get(f"http://127.0.0.1:{prom_port}/api/v1/alerts"))["data"]["alerts"]
-            return [a for a in data if a["labels"]["alertname"] == "M365ExporterDown" and a["state"] == "firing"]
-        down = wait_for("M365ExporterDown firing for the stopped shard", firing, 30.0, procs.logs)
+        down = wait_for("M365ExporterDown firing for the stopped shard", lambda: [
+            a for a in firing(prom_port, "M365ExporterDown") if "instance" in a["labels"]], 30.0, procs.logs)
         assert [a["labels"]["instance"] for a in down] == [f"127.0.0.1:{ports['shard1']}"]
         assert down[0]["labels"]["severity"] and down[0]["annotations"]["runbook_url"].endswith("M365ExporterDown.md")
         missing = prom_query(prom_port, SHARD_MISSING)
@@ -188,9 +198,15 @@ def test_three_shards_cover_every_check_once_and_a_stopped_shard_pages(sim: SimT
 
 
 def test_ha_pairs_probe_every_check_exactly_twice(sim: SimThread, tmp_path: Path) -> None:
-    """Two shards x two replicas from StatefulSet pod names (ordinal o runs shard o mod 2)."""
+    """Two shards x two replicas from StatefulSet pod names (ordinal o runs shard o mod 2).
+
+    And what the shipped rules make of a pair: one failing mailbox check (SMTP AUTH disabled for box01)
+    is an alert per replica; `max without (instance, ...)` over the rule (docs/scaling.md) makes it one.
+    """
+    need("prometheus")
     cfg = tmp_path / "config.yml"
     expected = write_config(sim, cfg)
+    sim.env.state.mailboxes["box01@contoso.example"].smtp_auth_disabled = True
     procs = Processes(tmp_path)
     try:
         pods = [f"m365-mail-exporter-{o}" for o in range(4)]
@@ -204,5 +220,21 @@ def test_ha_pairs_probe_every_check_exactly_twice(sim: SimThread, tmp_path: Path
         assert seen[pods[0]] == seen[pods[2]] and seen[pods[1]] == seen[pods[3]]  # pairs: identical work
         assert not seen[pods[0]] & seen[pods[1]]
         assert sorted(seen[pods[0]] | seen[pods[1]]) == sorted(expected)
+
+        prom_port = start_prometheus(procs, tmp_path, ports)
+        alerts = wait_for("M365MailboxAuthFailing from both replicas of box01's shard",
+                          lambda: (lambda a: a if len(a) >= 2 else None)(firing(prom_port, "M365MailboxAuthFailing")),
+                          30.0, procs.logs)
+        assert {(a["labels"]["mailbox"], a["labels"]["check"], a["labels"]["reason"]) for a in alerts} == {
+            ("box01@contoso.example", "smtp", "smtp_auth_disabled")}
+        owner = "m365-mail-exporter-0" if ("smtp", "box01@contoso.example") in seen[pods[0]] else (
+            "m365-mail-exporter-1")
+        pair = {owner, owner[:-1] + str(int(owner[-1]) + 2)}
+        assert sorted(a["labels"]["replica"] for a in alerts) == sorted(pair)  # today: one alert per replica
+        rule = next(r for g in yaml.safe_load((tmp_path / "m365.rules.yml").read_text())["groups"]
+                    for r in g["rules"] if r.get("alert") == "M365MailboxAuthFailing")
+        deduped = prom_query(prom_port, f"max without (instance, replica) ({rule['expr']})")
+        assert [(r["metric"]["mailbox"], r["metric"]["check"]) for r in deduped] == [
+            ("box01@contoso.example", "smtp")]
     finally:
         procs.close()
