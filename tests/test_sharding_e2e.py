@@ -233,6 +233,10 @@ def test_ha_pairs_probe_every_check_exactly_twice(sim: SimThread, tmp_path: Path
         assert sorted(a["labels"]["replica"] for a in alerts) == sorted(pair)  # today: one alert per replica
         rule = next(r for g in yaml.safe_load((tmp_path / "m365.rules.yml").read_text())["groups"]
                     for r in g["rules"] if r.get("alert") == "M365MailboxAuthFailing")
+        total = (f'sum(max by (shard) (m365_mailboxes{{job="{JOB}"}} * on (job, instance) group_left (shard) '
+                 f'm365_exporter_shard_info{{job="{JOB}"}}))')  # docs/scaling.md: total with shards and pairs
+        assert prom_query(prom_port, total)[0]["value"][1] == str(N_MAILBOXES)
+        assert prom_query(prom_port, f'sum(m365_mailboxes{{job="{JOB}"}})')[0]["value"][1] == str(2 * N_MAILBOXES)
         deduped = prom_query(prom_port, f"max without (instance, replica) ({rule['expr']})")
         assert [(r["metric"]["mailbox"], r["metric"]["check"]) for r in deduped] == [
             ("box01@contoso.example", "smtp")]
