@@ -119,6 +119,10 @@ async def test_a_sharded_runtime_builds_jobs_only_for_its_part(env) -> None:  # 
             {"delegate"} if shard.owns("credential:delegate") else set())
         assert set(rt.providers) == creds
         assert {k[1] for k in mail} == mine
+        for m in config.mailboxes:  # /probe on the wrong replica says which shard to ask
+            if m.label not in mine:
+                with pytest.raises(KeyError, match=rf"probed by shard {1 - s}, this replica is shard {s} of 2"):
+                    await rt.probe_now(m.label, "imap")
         seen += sorted(mail)
         text = (await rt.renderer.render()).decode()
         assert f'm365_exporter_shard_info{{shard="{s}",shards="2"}} 1.0' in text
