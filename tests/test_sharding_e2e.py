@@ -151,7 +151,6 @@ def mailbox_checks(port: int) -> set[tuple[str, str]]:
 
 def test_three_shards_cover_every_check_once_and_a_stopped_shard_pages(sim: SimThread, tmp_path: Path) -> None:
     need("prometheus")
-    started = time.monotonic()
     cfg = tmp_path / "config.yml"
     expected = write_config(sim, cfg)
     procs = Processes(tmp_path)
@@ -194,7 +193,6 @@ def test_three_shards_cover_every_check_once_and_a_stopped_shard_pages(sim: SimT
         assert [m["metric"]["shard"] for m in missing] == ["1"]
     finally:
         procs.close()
-    assert time.monotonic() - started < 60
 
 
 def test_ha_pairs_probe_every_check_exactly_twice(sim: SimThread, tmp_path: Path) -> None:
