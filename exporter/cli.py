@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the exporter (default)")
     _add_common(s)
     s.add_argument("--web.listen-address", dest="listen", default=argparse.SUPPRESS)
+    from .sharding import add_shard_flags
+
+    add_shard_flags(p, s)
     from .commands import register_commands
 
     register_commands(sub, _add_common)
@@ -71,8 +74,14 @@ async def serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .runtime import Runtime
+    from .sharding import ShardError, shard_from_args
     from .web import make_app
 
+    try:
+        shard = shard_from_args(args)
+    except ShardError as err:
+        print(err, file=sys.stderr)
+        return 2
     demo = None
     tmp = None
     if args.demo:
@@ -94,6 +103,7 @@ async def serve(args: argparse.Namespace) -> int:
         config_path = args.config_file
 
     runtime = Runtime(config, config_path)
+    runtime.shard = shard
     runtime.start()
     app = make_app(runtime)
     runner = web.AppRunner(app, access_log=None)
@@ -107,8 +117,8 @@ async def serve(args: argparse.Namespace) -> int:
         await runtime.stop()
         await runner.cleanup()
         return 1
-    log.info("m365-mail-exporter %s listening on %s: %d mailboxes, %d credentials", __version__, args.listen,
-             len(config.mailboxes), len(config.credentials))
+    log.info("m365-mail-exporter %s listening on %s: %d mailboxes, %d credentials (shard %d of %d)", __version__,
+             args.listen, len(runtime.config.mailboxes), len(runtime.config.credentials), shard.index, shard.total)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

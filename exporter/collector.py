@@ -215,6 +215,11 @@ class M365Collector(Collector):
         )
         build.add_metric([__version__, platform.python_version(), msal.__version__], 1.0)
         facts = dict(self.store.facts)
+        if "shard_total" in facts:  # exporter/sharding.py; the only series that names the shard
+            shard = GaugeMetricFamily("m365_exporter_shard_info", "This replica's shard of the configured mailboxes",
+                                      labels=["shard", "shards"])
+            shard.add_metric([str(int(facts["shard_index"])), str(int(facts["shard_total"]))], 1.0)
+            yield shard
         yield from (success, duration, last_run, last_ok, interval, overdue, total, failures, failing, messages,
                     tok_ok, tok_dur, tok_exp, tok_last, tok_id, tok_fail, tok_fail_info, tok_req, tok_scope,
                     secret_exp, audit_ok, audit_fail, redirect_ok, info, mailbox_info, dns_ok, dns_dur, tcp_ok,

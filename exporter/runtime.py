@@ -33,6 +33,7 @@ from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_co
 from .probes.result import ProbeResult
 from .reasons import Reason
 from .scheduler import Job, Scheduler
+from .sharding import Shard, owner
 from .store import Key, ResultStore
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class Runtime:
 
         self.extra_jobs: list[Callable[[Runtime], list[Job]]] = [AppRegistrationAudit()]
         self._reload_lock = asyncio.Lock()
+        self.shard = Shard()  # set by `serve` from --shard.*: apply() keeps only this shard's part of a config
+        self.unsharded = config
 
     # ------------------------------------------------------------------ config
 
@@ -111,6 +114,8 @@ class Runtime:
 
     def apply(self, config: Config) -> None:
         """Swap in a validated config: keep unchanged providers/jobs, start new, stop removed."""
+        self.unsharded = config  # to tell /probe which shard owns a mailbox that is not this one's
+        config = self.shard.select(config)  # sharded: only this shard's mailboxes and the credentials they use
         checks = self.checks_by_credential(config)
         new_providers: dict[str, TokenProvider] = {}
         new_sigs: dict[str, tuple[object, ...]] = {}
@@ -149,6 +154,8 @@ class Runtime:
         self.scheduler.set_jobs(jobs)
         self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))
         self.store.set_fact("m365_credentials", float(len(config.credentials)))
+        self.store.set_fact("shard_index", float(self.shard.index))  # m365_exporter_shard_info{shard,shards}
+        self.store.set_fact("shard_total", float(self.shard.total))
 
     def build_jobs(self, config: Config) -> list[Job]:
         d = config.defaults
@@ -291,6 +298,10 @@ class Runtime:
         """Run one check immediately (GET /probe, `check` CLI): records like a scheduled probe."""
         m = self.config.find_mailbox(mailbox)
         if m is None:
+            other = self.unsharded.find_mailbox(mailbox) if self.shard.sharded else None
+            if other is not None:
+                raise KeyError(f"mailbox {mailbox!r} is probed by shard {owner(other.label, self.shard.total)}, "
+                               f"this replica is shard {self.shard.index} of {self.shard.total}")
             raise KeyError(f"unknown mailbox {mailbox!r}")
         if check not in ("token", "imap", "pop3", "smtp"):
             raise KeyError(f"unknown check {check!r} (token, imap, pop3, smtp)")
