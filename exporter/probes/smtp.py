@@ -43,7 +43,7 @@ SMTP_RULES = (
     rule(Reason.INVALID_USER, "501", r"\b5\.5\.124\b"),  # Invalid XOAUTH2 auth data - User address
     rule(Reason.AUTH_FAILED, None, r"\b5\.7\.30\b"),  # basic authentication is not supported
     rule(Reason.XOAUTH2_NOT_OFFERED, "504"),  # 504 5.7.4 Unrecognized authentication type
-    rule(Reason.SERVER_UNAVAILABLE, "454", steps={"authenticate"}),  # 4.7.0 temporary auth failure
+    rule(Reason.SERVER_TEMPORARY_FAILURE, "454", steps={"authenticate"}),  # 4.7.0 temporary auth failure
     rule(Reason.AUTH_FAILED, "535"),  # any other 535: RFC 4954 "credentials invalid"
 )
 
