@@ -42,7 +42,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "config/m365-mail-exporter.yml"
 SPINNER = "|/-\\"
 DEFAULT_WIDTH = 80  # RDP/PuTTY consoles and pasted tickets
-TARGET_WIDTH = 28
+TARGET_WIDTH = 30
 DETAIL_LINES = 3  # a 300-character AADSTS text is cut here; the JSON output keeps it whole
 
 
@@ -95,9 +95,10 @@ def fit(text: str, width: int) -> str:
 
 
 def wrap(label: str, text: str, width: int, indent: int, max_lines: int | None = None) -> list[str]:
-    """`label` then `text` wrapped at spaces only (commands stay pasteable), hanging indent."""
+    """`label` then `text` wrapped at spaces (commands stay pasteable; only a word longer than the
+    line itself is split), hanging indent."""
     lead = " " * indent + label
-    body = textwrap.wrap(" ".join(text.split()), width=width - len(lead), break_long_words=False,
+    body = textwrap.wrap(" ".join(text.split()), width=width - len(lead), break_long_words=True,
                          break_on_hyphens=False) or [""]
     if max_lines is not None and len(body) > max_lines:
         body = body[:max_lines]
@@ -159,11 +160,15 @@ def render_line(line: CheckLine, style: Style, width: int = DEFAULT_WIDTH, cause
     cause's block (render_cause) instead of repeating reason and fix on every affected line; without
     a cause number (a single line on its own) reason and fix follow, wrapped."""
     target = f"{line.target} ({line.label})" if line.label else line.target
+    if len(target) > TARGET_WIDTH:  # host:port matters more than what it is used for
+        target = line.target
     target = fit(target, TARGET_WIDTH)
-    if line.ok:
+    if line.skipped and cause is not None:  # the problem's block says what failed upstream
+        note = "not reached"
+    elif line.ok or line.skipped:
         note = line.detail
-    elif line.skipped:
-        note = line.detail
+    elif cause is not None:  # the block below has the detail; here: what failed
+        note = line.reason.value if line.reason is not None else (line.summary or "failed")
     else:
         note = line.reason.value if line.reason is not None else (line.summary or "failed")
         if line.detail:
@@ -174,7 +179,7 @@ def render_line(line: CheckLine, style: Style, width: int = DEFAULT_WIDTH, cause
     head = f"  {status_word(line, style)} {target:<{TARGET_WIDTH}} "
     room = width - 9 - TARGET_WIDTH - 1
     if line.ok:  # what passed is evidence (versions, expiries, counts): wrap it, within reason
-        body = wrap("", note, room + 9 + TARGET_WIDTH + 1, 9 + TARGET_WIDTH + 1, max_lines=DETAIL_LINES)
+        body = wrap("", note, room + 9 + TARGET_WIDTH + 1, 9 + TARGET_WIDTH + 1, max_lines=DETAIL_LINES + 1)
         out = [head + body[0].lstrip()] + body[1:]
     else:
         out = [(head + fit(note, room)).rstrip()]

@@ -345,7 +345,7 @@ def skip_if_upstream_failed(line: CheckLine, upstream: list[tuple[ProbeResult, s
             continue
         if res.reason is line.reason or (what.startswith("token") and line.detail.startswith("no token")):
             line.skipped, line.reason = True, res.reason
-            line.detail = f"not reached: {what} failed ({res.reason.value})"
+            line.detail = f"not reached: {what} failed"
             return line
     return line
 
@@ -460,7 +460,7 @@ class Checklist:
                     res = await self._bounded(lambda: rt.run_mail_probe(MailTarget(m, check)))
                     ep = config.endpoint_for(m, check)
                     line = mail_line(m, check, res, ep)
-                    upstream = [(token_tasks[m.credential].result(), f"token for {m.credential}")]
+                    upstream = [(token_tasks[m.credential].result(), f"token {m.credential}")]
                     if ep in ep_tasks:
                         upstream.insert(0, (await ep_tasks[ep], f"{ep.host}:{ep.port}"))
                     return [skip_if_upstream_failed(line, upstream)]
@@ -470,7 +470,9 @@ class Checklist:
         for name, cred in config.credentials.items():
             if cred.graph_audit and hook is not None:
                 async def produce_audit(name: str = name) -> list[CheckLine]:
-                    return audit_lines(rt, name, await self._bounded(lambda: hook.run(rt, name)))
+                    lines = audit_lines(rt, name, await self._bounded(lambda: hook.run(rt, name)))
+                    token = await token_tasks[name]  # the same client credential signs the Graph request
+                    return [skip_if_upstream_failed(x, [(token, f"token {name}")]) for x in lines]
                 self._add("audit", name, produce_audit)
             if cred.certificate_file is not None:
                 async def produce_cert(name: str = name, path: str = str(cred.certificate_file)) -> list[CheckLine]:

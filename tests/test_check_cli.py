@@ -60,12 +60,13 @@ def write_config(tmp: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str, sub: bool = True, cwd: Path | None = None) -> tuple[int, str, str]:
+    """`m365-mail-exporter check ARGS` (or, with sub=False, `m365-mail-exporter ARGS`) as a subprocess."""
     import asyncio
 
     environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}  # piping alone must turn colour off
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", "check", *args, cwd=ROOT, env={**environ, "PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "exporter", *(("check",) if sub else ()), *args, cwd=cwd or ROOT, env={**environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 90)
