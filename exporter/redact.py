@@ -8,10 +8,9 @@ registered here when it comes into being (client secrets read from files, access
 tokens from MSAL, each segment of a JWT, the SASL XOAUTH2 response built for a probe), and
 `redact` removes every registered secret and every fragment of at least FRAGMENT chars of one.
 
-How, efficiently: each registered secret contributes its FRAGMENT-character windows to one hash
-set; a text is scanned once, window by window, and the union of matching windows is exactly the
-set of characters that belong to some >= FRAGMENT-char substring of a secret. Cost is one slice
-and one set lookup per character of text, independent of the number of secrets
+How, efficiently: each registered secret contributes sampled 8-character pieces to one hash
+index (see SecretRegistry); a text is scanned once, one slice and one lookup per character,
+independent of the number of secrets, and only real hits are extended and compared
 (bench/bench_redact.py prints the figures). The registry is bounded (MAX_SECRETS, oldest first
 out): tokens rotate hourly and a forgotten old token is no longer a credential.
 
@@ -27,7 +26,7 @@ from collections import OrderedDict
 
 FRAGMENT = 16  # shortest echoed piece of a secret that is redacted (shorter ones are not a credential)
 MIN_SECRET = 6  # shorter registered values are replaced only when whole (see register_secret)
-MAX_SECRETS = 512  # registered values kept; the oldest are forgotten first
+MAX_SECRETS = 256  # registered values kept (~14 MiB at most for access-token-sized values); oldest out first
 PLACEHOLDER = "[REDACTED]"
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
@@ -40,22 +39,30 @@ _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE
 
 
 class SecretRegistry:
-    """Registered secret values and the index of their FRAGMENT-char windows (thread-safe)."""
+    """Registered secret values and an index of sampled pieces of them (thread-safe).
+
+    Index: the KEY-char piece of each secret at every STRIDE-th offset. Any substring of a secret
+    of length >= KEY + STRIDE - 1 (= fragment) contains one of them whole, so scanning a text's
+    KEY-char windows finds every candidate; each hit is extended both ways against the secret it
+    came from, and redacted when the common run is >= fragment characters. Sampling keeps the
+    index about STRIDE times smaller than indexing every offset (bench/bench_redact.py).
+    """
+
+    KEY = 8
 
     def __init__(self, fragment: int = FRAGMENT, max_secrets: int = MAX_SECRETS) -> None:
+        if fragment < self.KEY:
+            raise ValueError(f"fragment must be >= {self.KEY}")
         self.fragment = fragment
+        self.stride = fragment - self.KEY + 1
         self.max_secrets = max_secrets
         self._lock = threading.Lock()
         self._secrets: OrderedDict[str, None] = OrderedDict()
-        self._windows: dict[str, int] = {}  # window -> number of registered secrets containing it
-        self._short: set[str] = set()  # secrets shorter than a window: replaced when whole
+        self._index: dict[str, list[tuple[str, int]]] = {}  # piece -> (secret, offset of the piece)
+        self._short: set[str] = set()  # secrets shorter than a fragment: replaced when whole
 
-    def _add_windows(self, value: str, step: int) -> None:
-        k = self.fragment
-        for w in {value[i:i + k] for i in range(len(value) - k + 1)}:
-            self._windows[w] = self._windows.get(w, 0) + step
-            if self._windows[w] <= 0:
-                del self._windows[w]
+    def _pieces(self, value: str) -> list[tuple[str, int]]:
+        return [(value[o:o + self.KEY], o) for o in range(0, len(value) - self.KEY + 1, self.stride)]
 
     def register(self, value: str) -> None:
         value = value.strip()
@@ -69,36 +76,55 @@ class SecretRegistry:
             if len(value) < self.fragment:
                 self._short.add(value)
             else:
-                self._add_windows(value, 1)
+                for piece, off in self._pieces(value):
+                    self._index.setdefault(piece, []).append((value, off))
             while len(self._secrets) > self.max_secrets:
-                old, _ = self._secrets.popitem(last=False)
-                if len(old) < self.fragment:
-                    self._short.discard(old)
-                else:
-                    self._add_windows(old, -1)
+                self._forget(self._secrets.popitem(last=False)[0])
+
+    def _forget(self, old: str) -> None:
+        if len(old) < self.fragment:
+            self._short.discard(old)
+            return
+        for piece, off in self._pieces(old):
+            entries = [e for e in self._index.get(piece, []) if e != (old, off)]
+            if entries:
+                self._index[piece] = entries
+            else:
+                self._index.pop(piece, None)
 
     def __len__(self) -> int:
         return len(self._secrets)
 
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        k, index, found = self.KEY, self._index, []
+        for i in range(len(text) - k + 1):
+            hits = index.get(text[i:i + k])
+            if not hits:
+                continue
+            for secret, off in hits:
+                left = 0
+                while i - left > 0 and off - left > 0 and text[i - left - 1] == secret[off - left - 1]:
+                    left += 1
+                right = 0
+                while (i + k + right < len(text) and off + k + right < len(secret)
+                       and text[i + k + right] == secret[off + k + right]):
+                    right += 1
+                if left + k + right >= self.fragment:
+                    found.append((i - left, i + k + right))
+        found.sort()
+        merged: list[tuple[int, int]] = []
+        for s, e in found:
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        return merged
+
     def scrub(self, text: str) -> str:
         """`text` with every registered secret and every >= fragment-char piece of one replaced."""
-        k = self.fragment
         with self._lock:
-            windows = self._windows
+            spans = self._spans(text) if self._index and len(text) >= self.fragment else []
             short = list(self._short)
-            spans: list[tuple[int, int]] = []
-            if windows and len(text) >= k:
-                start = end = -1
-                for i in range(len(text) - k + 1):
-                    if text[i:i + k] in windows:
-                        if i <= end:  # overlaps or touches the current span: extend it
-                            end = i + k
-                        else:
-                            if end > 0:
-                                spans.append((start, end))
-                            start, end = i, i + k
-                if end > 0:
-                    spans.append((start, end))
         if spans:
             out, pos = [], 0
             for s, e in spans:

@@ -66,7 +66,8 @@ async def run_cli(*args: str, sub: bool = True, cwd: Path | None = None) -> tupl
 
     environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}  # piping alone must turn colour off
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", *(("check",) if sub else ()), *args, cwd=cwd or ROOT, env={**environ, "PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "exporter", *(("check",) if sub else ()), *args, cwd=cwd or ROOT,
+        env={**environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 90)

@@ -111,9 +111,9 @@ async def test_demo_check_runs_without_a_config_either_way_round(tmp_path: Path)
 
 
 async def test_no_config_file_says_what_to_do(tmp_path: Path) -> None:
-    code, out, err = await run_cli("--config.file", str(tmp_path / "none.yml"))
+    code, _, err = await run_cli("--config.file", str(tmp_path / "none.yml"))
     assert code == 2 and "check --demo" in err and "--config.file" in err and "Traceback" not in err
-    code, out, err = await run_cli(cwd=tmp_path)  # the default path, absent here
+    code, _, err = await run_cli(cwd=tmp_path)  # the default path, absent here
     assert code == 2 and "config/m365-mail-exporter.yml" in err and "check --demo" in err
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..config import Endpoint
 from ..reasons import Reason
+from ..redact import SecretRegistry
 from . import neterrors
 from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
 from .result import ProbeResult, Transcript
@@ -136,7 +137,9 @@ class MailConnection:
         self.step_timeout = step_timeout
         self.step = "resolve"
         self.healthy = False  # an orderly session exists (greeting seen, no IO failure since)
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = SecretRegistry(max_secrets=8)  # this probe's token and SASL response
+        for s in secrets:
+            self._secrets.register(s)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lines: LineReader | None = None
@@ -144,11 +147,9 @@ class MailConnection:
 
     # -- secrets -------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
-        """Remove our own secrets (token, SASL string) should a server echo them back."""
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "[REDACTED]")
-        return text
+        """Remove our own secrets (token, SASL string), and any >= 16-char piece of them, should a
+        server echo them back (whole or in part)."""
+        return self._secrets.scrub(text)
 
     # -- connect -------------------------------------------------------------------------
     async def connect(self, *, tls: bool) -> None:
