@@ -149,7 +149,7 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
             reply = await _read_reply(conn, "A1")
     if reply.status == "+":
         # error challenge after our response: acknowledge with an empty line, expect NO
-        challenge = describe_challenge(reply.text)
+        challenge = describe_challenge(conn.last_raw[1:])  # the "+ <b64>" line, unscrubbed
         conn.transcript.note(challenge)
         await conn.send("")
         reply = await _read_reply(conn, "A1")

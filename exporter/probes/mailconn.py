@@ -144,6 +144,10 @@ class MailConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._lines: LineReader | None = None
         self.tls_version: str | None = None
+        # The last line as received, before scrubbing: only for decoding a server's error challenge
+        # (describe_challenge keeps a few safe fields), since the scrub may mask base64 that merely
+        # coincides with a token's public claims (e.g. the same scope URL). Never shown or logged.
+        self.last_raw = ""
 
     # -- secrets -------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
@@ -235,7 +239,8 @@ class MailConnection:
             self.healthy = False
             self.transcript.note(exc.detail)
             raise
-        text = self.scrub(decode_line(raw))
+        self.last_raw = decode_line(raw)
+        text = self.scrub(self.last_raw)
         self.transcript.server(text)
         return text
 

@@ -116,7 +116,7 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
     line = await conn.readline()
     status = _status(line)
     if status == "+":
-        challenge = describe_challenge(line[1:])
+        challenge = describe_challenge(conn.last_raw[1:])  # the "+ <b64>" line, unscrubbed
         conn.transcript.note(challenge)
         await conn.send("")
         final = await conn.readline()

@@ -143,7 +143,7 @@ async def _session(conn: MailConnection, user: str, token: str, ehlo_name: str,
     sasl = initial_response(user, token)
     reply = await _command(conn, f"AUTH XOAUTH2 {sasl}", shown="AUTH XOAUTH2 [REDACTED]")
     if reply.code == "334":
-        challenge = describe_challenge(" ".join(reply.lines))
+        challenge = describe_challenge(conn.last_raw[4:])  # the final "334 <b64>" line, unscrubbed
         conn.transcript.note(challenge)
         reply = await _command(conn, "")
         if reply.code in ("334", "235"):
