@@ -123,7 +123,7 @@ class Reason(StrEnum):
 GENERIC_FIELDS: dict[str, str] = {
     "mailbox": "<mailbox address>",
     "credential": "<credential name>",
-    "endpoint": "the endpoint (ports 443, 587, 993, 995)",
+    "endpoint": "the endpoint",
     "port": "the endpoint's port (443, 587, 993 or 995)",
 }
 # Tokens that must never reach an operator's screen filled in (tests scan every output for them).
@@ -147,7 +147,7 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
     R.CERTIFICATE_INVALID: ReasonInfo(
         T, "client certificate assertion rejected (AADSTS700027)",
         "Upload the certificate's public part to the app registration (Certificates & secrets) and check the "
-        "configured certificate and private key belong together and are not expired.", "token"),
+        "certificate and private key of credential {credential} belong together and are not expired.", "token"),
     R.CERTIFICATE_EXPIRED: ReasonInfo(
         T, "registered client certificate has expired (AADSTS1000502)",
         "Create a new certificate, upload its public part to the app registration (Certificates & secrets), "
@@ -192,14 +192,15 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "expire.", "token"),
     R.USER_NOT_IN_TENANT: ReasonInfo(
         T, "account does not exist in this tenant (AADSTS50034/50020)",
-        "Sign in with an account of the configured tenant, or fix tenant_id for the credential.", "token"),
+        "Sign in with an account of the configured tenant, or fix tenant_id of credential {credential}.", "token"),
     R.TENANT_NOT_FOUND: ReasonInfo(
         T, "tenant not found (AADSTS90002)",
-        "Fix tenant_id (the Directory (tenant) ID) or the cloud setting (global vs usgov/china).", "token"),
+        "Fix tenant_id (the Directory (tenant) ID) of credential {credential} or the cloud setting (global "
+        "vs usgov/china).", "token"),
     R.APP_NOT_FOUND: ReasonInfo(
         T, "application not found in the tenant (AADSTS700016)",
-        "Fix client_id (the Application (client) ID) or tenant_id; the app must be registered or consented "
-        "in this tenant.", "token"),
+        "Fix client_id (the Application (client) ID) or tenant_id of credential {credential}; the app must "
+        "be registered or consented in this tenant.", "token"),
     R.RESOURCE_NOT_FOUND: ReasonInfo(
         T, "resource (Exchange Online) not found in the tenant (AADSTS500011)",
         "Check the cloud setting and scope: the resource must be Office 365 Exchange Online for this cloud, "
@@ -214,7 +215,7 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "device-code login and public-client refresh).", "token"),
     R.THROTTLED: ReasonInfo(
         T, "identity platform throttled the requests (HTTP 429 / AADSTS50196)",
-        "Wait for Retry-After; lower token probe frequency or reduce other clients sharing this app.", "token"),
+        "Wait for Retry-After; raise defaults.token_interval or reduce other clients sharing this app.", "token"),
     R.IDP_UNAVAILABLE: ReasonInfo(
         T, "identity platform unavailable (HTTP 5xx or unreachable)",
         "Check the Microsoft 365 service health and this host's path to the login endpoint (firewall, proxy); "
@@ -236,18 +237,19 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
     R.MISSING_SCOPE: ReasonInfo(
         T, "token lacks a permission the mailbox checks need",
         "Add the missing API permission (IMAP/POP AccessAsApp or AccessAsUser, SMTP.SendAsApp or SMTP.Send) "
-        "and grant admin consent; for delegated tokens re-run `login`.", "token"),
+        "and grant admin consent; for delegated tokens re-run `m365-mail-exporter login --credential "
+        "{credential}`.", "token"),
     R.NO_TOKEN_CACHE: ReasonInfo(
         T, "no delegated token for the account in the token cache",
         "Run `m365-mail-exporter login --credential {credential}` to bootstrap the token cache.", "token"),
     R.TOKEN_CACHE_CORRUPT: ReasonInfo(
         T, "token cache file cannot be read or parsed",
-        "Check the token cache file's permissions and content; delete it and re-run `login` if it is "
-        "damaged.", "token"),
+        "Check the token_cache file of credential {credential} (permissions, content); if it is damaged, "
+        "delete it and run `m365-mail-exporter login --credential {credential}`.", "token"),
     R.CREDENTIAL_UNREADABLE: ReasonInfo(
         T, "configured secret, certificate or key file cannot be read",
-        "Check the path, permissions and format (PEM) of the configured secret/certificate/key file or the "
-        "environment variable.", "token"),
+        "Check the path, permissions and format (PEM) of the secret/certificate/key file or the environment "
+        "variable of credential {credential}.", "token"),
     R.AUTH_FAILED: ReasonInfo(
         M, "mail server rejected the OAuth token (AUTHENTICATE failed / 535 5.7.3)",
         "App-only: register the app's service principal in Exchange (New-ServicePrincipal with the Enterprise "
@@ -298,7 +300,8 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "Check nothing between this host and {endpoint} rewrites the protocol (TLS interception, mail "
         "proxies); the redacted dialogue is on the exporter's /probe page with debug=true.", "mail"),
     R.DNS_NXDOMAIN: ReasonInfo(
-        N, "host name does not exist in DNS", "Fix the endpoint host name or this host's DNS configuration.",
+        N, "host name does not exist in DNS",
+        "Check {endpoint} is spelled right in the config and resolves with this host's DNS configuration.",
         "network"),
     R.DNS_SERVFAIL: ReasonInfo(
         N, "DNS server failed to answer", "Check this host's DNS resolvers (/etc/resolv.conf or the configured "
@@ -322,18 +325,23 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "unnoticed.", "network"),
     R.TLS_HOSTNAME_MISMATCH: ReasonInfo(
         N, "server certificate does not match the host name",
-        "Check the endpoint host name and DNS; a mismatch usually means interception or the wrong host.",
+        "Check the host name and DNS of {endpoint}; a mismatch usually means interception or the wrong "
+        "host.",
         "network"),
     R.TLS_UNTRUSTED: ReasonInfo(
         N, "server certificate chain is not trusted",
-        "Install the intercepting proxy's CA on this host or configure it as ca_file for the target.",
+        "Configure the intercepting proxy's CA as ca_file for {endpoint} (defaults.https.ca_file for the "
+        "login host, tls.ca_file for a mail endpoint).",
         "network"),
     R.TLS_HANDSHAKE_FAILED: ReasonInfo(
-        N, "TLS handshake failed", "Check TLS versions/ciphers allowed by middleboxes (TLS 1.2+ required).",
+        N, "TLS handshake failed",
+        "Check the TLS versions and ciphers middleboxes allow between this host and {endpoint} (TLS 1.2+ "
+        "required).",
         "network"),
     R.PROXY_ERROR: ReasonInfo(
         N, "HTTPS proxy refused or failed the connection",
-        "Check the configured https_proxy address and that it allows CONNECT to the login endpoint.",
+        "Check defaults.https.proxy (address, credentials) and that the proxy allows CONNECT to the login "
+        "endpoint.",
         "network"),
     R.UNKNOWN: ReasonInfo(
         X, "unclassified failure",
