@@ -202,3 +202,26 @@ def test_every_fix_filled_has_no_placeholder() -> None:
         no_placeholders(reason.fix_for(mailbox="m@contoso.example", credential="c", host="h", port=993))
     assert "h:993" in Reason.TIMEOUT.fix_for(host="h", port=993)
     assert "`check`" not in Reason.UNKNOWN.fix and "check`" not in Reason.UNKNOWN.fix
+
+
+async def test_unreachable_endpoint_is_one_cause_and_its_mail_checks_are_skipped(env: Env) -> None:
+    import socket
+
+    from exporter.checklist import run_checks
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    raw = json.loads(env.config().model_dump_json(exclude_none=True))
+    raw["defaults"]["endpoints"]["imap"]["port"] = port  # nothing listens: refused
+    lines = await run_checks(Config.model_validate(raw))
+    causes = Causes()
+    for line in lines:
+        causes.add(line)
+    assert list(causes.ids) == [("connection_refused", f"endpoint 127.0.0.1:{port}")]
+    imap = [x for x in lines if x.stage == "imap"]
+    assert len(imap) == 3 and all(x.skipped and x.reason is Reason.CONNECTION_REFUSED for x in imap)
+    assert all(x.detail == f"not reached: 127.0.0.1:{port} failed" for x in imap)
+    tcp = next(x for x in lines if x.stage == "tcp" and x.target == f"127.0.0.1:{port}")
+    assert tcp.failed and f"127.0.0.1:{port}" in (tcp.fix or "")
+    assert [x for x in lines if x.failed] == [tcp]

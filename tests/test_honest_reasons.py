@@ -19,7 +19,7 @@ import pytest
 
 from exporter.config import Config
 from exporter.login import run_login
-from exporter.reasons import Reason, classify_aadsts
+from exporter.reasons import PLACEHOLDER_TOKENS, Reason, classify_aadsts
 from exporter.redact import SecretRegistry, redact, register_token
 from exporter.runtime import MailTarget
 from exporter.simulator.state import ServerFault, TokenFault
@@ -44,6 +44,7 @@ async def test_login_reports_a_503_device_code_endpoint_with_reason_and_fix(env:
     assert result.exit_code == 1 and result.reason is Reason.IDP_UNAVAILABLE, result.message
     assert "idp_unavailable" in result.message and "fix:" in result.message
     assert "AttributeError" not in result.message and not env.files["cache"].exists()
+    assert not [t for t in PLACEHOLDER_TOKENS if t in result.message]
 
 
 async def test_login_reports_a_closed_authority_port(env: Env) -> None:
