@@ -415,6 +415,10 @@ def render_markdown() -> str:
         "AADSTS codes map as shown; anything unrecognised is `unknown` "
         "(see `/probe?debug=true` for the raw, redacted dialogue).",
         "",
+        "The fixes below are templates: `<mailbox address>`, `<credential name>` and \"the endpoint\" stand "
+        "for what every real output (`check`, `/probe?debug=true`, the landing page, `login`) fills in: "
+        "the mailbox, the credential and the host:port of the failing check, ready to paste.",
+        "",
     ]
     for cat in Category:
         lines += [f"## {cat.value}", "", "| reason | meaning | fix | runbook |", "|---|---|---|---|"]
