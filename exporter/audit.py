@@ -45,7 +45,7 @@ from .collector import SECRET_PREFIX
 from .config import Config, Credential
 from .probes.result import ProbeResult
 from .reasons import Reason
-from .redact import redact
+from .redact import redact, register_token
 from .scheduler import Job
 from .store import Key
 
@@ -246,6 +246,7 @@ class GraphAuditor:
                 raise from_msal_result(result or {}, self.http.last_status, self.http.last_retry_after)
             from .auth.claims import decode_claims, token_permissions
 
+            register_token(result["access_token"])  # redacted wherever a reply echoes it
             claims = decode_claims(result["access_token"])
             roles = sorted(token_permissions(claims)) if claims else None
             self.http.reset_observation()

@@ -5,12 +5,16 @@ Why a command and not only metrics: when mail stops, the first question is "what
 answer must name the reason and the fix. The checks themselves live in checklist.py (and reuse
 the exporter's probes); this module is presentation only:
 
-- text for people: grouped by stage in dependency order, colour and a progress line on a terminal,
-  plain when piped or when NO_COLOR is set (https://no-color.org);
+- text for people: one row per check, by stage in dependency order, within 80 columns when piped
+  (RDP/PuTTY consoles); failures point at a numbered root cause, printed once below with the
+  affected mailboxes, the detail and the fix (three root causes are three blocks, not twelve);
+  colour and a progress line on a terminal, plain when piped or when NO_COLOR is set;
 - `--output json` for automation, a stable schema (docs/troubleshooting.md):
   {"ok": bool, "checks": [{"stage", "target", "ok", "reason", "summary", "fix", "detail",
-  "duration_seconds", "facts"}]} (plus "config_errors" when the config is invalid);
-- exit codes: 0 every check passed, 1 any check failed, 2 config error or unknown mailbox.
+  "duration_seconds", "facts", "skipped", "warning", "root_cause"}], "root_causes": [{"id",
+  "reason", "scope", "summary", "fix", "detail", "checks"}]} (plus "config_errors");
+- `--demo`: the same against the bundled simulator, no config needed;
+- exit codes: 0 every check passed (warnings included), 1 any check failed, 2 config error.
 """
 
 from __future__ import annotations
@@ -21,18 +25,25 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
+import textwrap
 from collections.abc import Callable
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 from . import __version__, oscompat
 from .checklist import STAGE_TITLES, CheckLine, Checklist
 from .config import Config, ConfigError, load_config
+from .redact import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = oscompat.default_config_path()
 SPINNER = "|/-\\"
+DEFAULT_WIDTH = 80  # RDP/PuTTY consoles and pasted tickets
+TARGET_WIDTH = 30
+DETAIL_LINES = 3  # a 300-character AADSTS text is cut here; the JSON output keeps it whole
 
 
 class Style:
@@ -69,38 +80,154 @@ def use_colour(stream: TextIO, env: dict[str, str] | None = None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)()) and oscompat.enable_ansi(stream)  # Windows: VT mode
 
 
-def render_line(line: CheckLine, style: Style, width: int = 34) -> str:
+def terminal_width(stream: TextIO) -> int:
+    """80 columns when piped (logs, tickets, RDP/PuTTY defaults); the terminal's width, within
+    [60, 120], on a terminal."""
+    if not getattr(stream, "isatty", lambda: False)():
+        return DEFAULT_WIDTH
+    return max(60, min(120, shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns))
+
+
+def fit(text: str, width: int) -> str:
+    """One line of at most `width` characters (ASCII ellipsis: old consoles lack a glyph)."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: max(0, width - 3)].rstrip() + "..."
+
+
+def wrap(label: str, text: str, width: int, indent: int, max_lines: int | None = None) -> list[str]:
+    """`label` then `text` wrapped at spaces (commands stay pasteable; only a word longer than the
+    line itself is split), hanging indent."""
+    lead = " " * indent + label
+    body = textwrap.wrap(" ".join(text.split()), width=width - len(lead), break_long_words=True,
+                         break_on_hyphens=False) or [""]
+    if max_lines is not None and len(body) > max_lines:
+        body = body[:max_lines]
+        body[-1] = fit(body[-1] + " ...", width - len(lead))
+    pad = " " * len(lead)
+    return [lead + body[0]] + [pad + x for x in body[1:]]
+
+
+class Causes:
+    """Root causes in order of first appearance: one per (reason, credential or endpoint)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[str, str], int] = {}
+        self.lines: dict[int, list[CheckLine]] = {}
+
+    def add(self, line: CheckLine) -> int | None:
+        if line.ok:
+            return None
+        key = line.cause
+        n = self.ids.setdefault(key, len(self.ids) + 1)
+        self.lines.setdefault(n, []).append(line)
+        return n
+
+    def first(self, n: int) -> CheckLine:
+        """The line that explains the cause: the first that failed rather than was skipped."""
+        lines = self.lines[n]
+        return next((x for x in lines if x.failed), lines[0])
+
+    def affected(self, n: int) -> str:
+        """'token app; sales@contoso.example (imap, pop3, smtp); tcp host:993'."""
+        order: dict[str, list[str]] = {}
+        for x in self.lines[n]:
+            if x.stage in ("imap", "pop3", "smtp"):
+                order.setdefault(x.target, []).append(x.stage)
+            else:
+                order.setdefault(f"{x.stage} {x.target}", [])
+        return "; ".join(f"{t} ({', '.join(st)})" if st else t for t, st in order.items())
+
+    def to_json(self) -> list[dict[str, Any]]:
+        out = []
+        for key, n in self.ids.items():
+            head = self.first(n)
+            out.append({"id": n, "reason": head.reason.value if head.reason else None, "scope": key[1],
+                        "summary": head.summary, "fix": head.fix, "detail": redact(head.detail),
+                        "checks": [{"stage": x.stage, "target": x.target} for x in self.lines[n]]})
+        return out
+
+
+def status_word(line: CheckLine, style: Style) -> str:
     if line.ok:
-        status = style.ok("[ OK ]")
-    elif line.skipped:
-        status = style.skip("[SKIP]")
-    else:
-        status = style.fail("[FAIL]")
+        return style.skip("[WARN]") if line.warning else style.ok("[ OK ]")
+    if line.skipped:
+        return style.skip("[SKIP]")
+    return style.fail("[FAIL]")
+
+
+def render_line(line: CheckLine, style: Style, width: int = DEFAULT_WIDTH, cause: int | None = None) -> str:
+    """One checklist row (two for a warning) within `width` columns. A failure points at its root
+    cause's block (render_cause) instead of repeating reason and fix on every affected line; without
+    a cause number (a single line on its own) reason and fix follow, wrapped."""
     target = f"{line.target} ({line.label})" if line.label else line.target
-    out = [f"  {status} {target:<{width}} {line.detail}".rstrip()]
-    if not line.ok and not line.skipped:
-        pad = " " * 9
-        if line.reason is not None:
-            out.append(f"{pad}{style.bold('reason:')} {line.reason.value}: {line.summary}")
-        elif line.summary:
-            out.append(f"{pad}{style.bold('reason:')} {line.summary}")
+    if len(target) > TARGET_WIDTH:  # host:port matters more than what it is used for
+        target = line.target
+    target = fit(target, TARGET_WIDTH)
+    if line.skipped and cause is not None:  # the problem's block says what failed upstream
+        note = "not reached"
+    elif line.ok or line.skipped:
+        note = line.detail
+    elif cause is not None:  # the block below has the detail; here: what failed
+        note = line.reason.value if line.reason is not None else (line.summary or "failed")
+    else:
+        note = line.reason.value if line.reason is not None else (line.summary or "failed")
+        if line.detail:
+            note += ": " + line.detail
+    if cause is not None and not line.ok:
+        tail = f" -> problem {cause}"
+        note = fit(note, width - 9 - TARGET_WIDTH - 1 - len(tail)) + tail
+    head = f"  {status_word(line, style)} {target:<{TARGET_WIDTH}} "
+    room = width - 9 - TARGET_WIDTH - 1
+    if line.ok:  # what passed is evidence (versions, expiries, counts): wrap it, within reason
+        body = wrap("", note, room + 9 + TARGET_WIDTH + 1, 9 + TARGET_WIDTH + 1, max_lines=DETAIL_LINES + 1)
+        out = [head + body[0].lstrip()] + body[1:]
+    else:
+        out = [(head + fit(note, room)).rstrip()]
+    if line.ok and line.warning:
+        out += wrap("warning: ", line.warning, width, 9)
+    if line.failed and cause is None:
+        if line.summary:
+            label = f"{line.reason.value}: " if line.reason is not None else ""
+            out += [style.bold(x) if i == 0 else x
+                    for i, x in enumerate(wrap("reason: ", label + line.summary, width, 9))]
         if line.fix:
-            out.append(f"{pad}{style.bold('fix:')}    {line.fix}")
+            out += wrap("fix:    ", line.fix, width, 9)
     return "\n".join(out)
 
 
-def render_summary(lines: list[CheckLine], style: Style) -> str:
-    failed = [x for x in lines if not x.ok and not x.skipped]
+def render_cause(causes: Causes, n: int, style: Style, width: int = DEFAULT_WIDTH) -> str:
+    head = causes.first(n)
+    key = next(k for k, v in causes.ids.items() if v == n)
+    out = [style.fail(fit(f"Problem {n}: {key[0]} ({key[1]})", width))]
+    if head.summary:
+        out += wrap("", head.summary, width, 2)
+    out += wrap("affects: ", causes.affected(n), width, 2)
+    if head.detail and head.failed:
+        out += wrap("detail:  ", redact(head.detail), width, 2, max_lines=DETAIL_LINES)
+    if head.fix:
+        out += [style.bold(x) if i == 0 else x for i, x in enumerate(wrap("fix:     ", head.fix, width, 2))]
+    return "\n".join(out)
+
+
+def render_summary(lines: list[CheckLine], style: Style, causes: Causes | None = None,
+                   width: int = DEFAULT_WIDTH) -> str:
+    failed = [x for x in lines if x.failed]
     skipped = [x for x in lines if x.skipped]
+    warned = [x for x in lines if x.ok and x.warning]
     if not failed and not skipped:
-        return style.ok(f"All {len(lines)} checks passed.")
-    first = failed[0] if failed else skipped[0]
+        text = f"All {len(lines)} checks passed"
+        text += f", {len(warned)} with a warning." if warned else "."
+        return "\n".join(style.skip(x) if warned else style.ok(x) for x in wrap("", text, width, 0))
+    n = len(causes.ids) if causes is not None else 0
     text = f"{len(failed)} of {len(lines)} checks failed"
+    if n:
+        text += f" ({n} root cause{'' if n == 1 else 's'})"
     if skipped:
         text += f", {len(skipped)} not reached"
-    text += (f". Start with the first failure ({first.stage} {first.target}): later stages often fail "
-             "because of it.")
-    return style.fail(text)
+    if warned:
+        text += f", {len(warned)} warning{'' if len(warned) == 1 else 's'}"
+    text += ". Start with problem 1: later stages often fail because of it." if n else "."
+    return "\n".join(style.fail(x) for x in wrap("", text, width, 0))
 
 
 class Progress:
@@ -157,24 +284,31 @@ async def run_check(
         err.write(msg + "\n")
         return EXIT_CONFIG
     lines: list[CheckLine] = []
+    causes = Causes()
     if output == "json":
         async with checklist:
             lines = [line async for line in checklist.lines()]
-        doc = {"ok": all(x.ok for x in lines), "checks": [x.to_json() for x in lines]}
+        checks = []
+        for line in lines:
+            doc_line = line.to_json()
+            doc_line["root_cause"] = causes.add(line)
+            checks.append(doc_line)
+        doc = {"ok": all(x.ok for x in lines), "checks": checks, "root_causes": causes.to_json()}
         out.write(json.dumps(doc, indent=2) + "\n")
         out.flush()
         return EXIT_OK if doc["ok"] else EXIT_FAILED
 
     style = Style(use_colour(out))
+    width = terminal_width(out)
     cfg = checklist.config
     where = f"{config_path}: " if config_path else ""
-    out.write(style.bold(f"m365-mail-exporter {__version__} check from {socket.gethostname()}") + "\n")
-    out.write(f"{where}{len(cfg.mailboxes)} mailbox(es), {len(cfg.credentials)} credential(s)\n")
+    out.write(style.bold(fit(f"m365-mail-exporter {__version__} check from {socket.gethostname()}", width)) + "\n")
+    out.write(fit(f"{where}{len(cfg.mailboxes)} mailbox(es), {len(cfg.credentials)} credential(s)", width) + "\n")
     out.flush()
     progress = Progress(err, enabled=bool(getattr(err, "isatty", lambda: False)()) and use_colour(err))
     async with checklist:
-        progress.start(lambda: f"{checklist.done}/{checklist.total} checks done, waiting for "
-                               f"{checklist.waiting_for or '...'}")
+        progress.start(lambda: fit(f"{checklist.done}/{checklist.total} checks done, waiting for "
+                                   f"{checklist.waiting_for or '...'}", width - 3))
         stage = ""
         try:
             async for line in checklist.lines():
@@ -182,22 +316,65 @@ async def run_check(
                 if line.stage != stage:
                     stage = line.stage
                     out.write("\n" + style.bold(STAGE_TITLES.get(stage, stage)) + "\n")
-                out.write(render_line(line, style) + "\n")
+                out.write(render_line(line, style, width, causes.add(line)) + "\n")
                 out.flush()
                 lines.append(line)
         finally:
             await progress.stop()
-    out.write("\n" + render_summary(lines, style) + "\n")
+    if causes.ids:
+        n = len(causes.ids)
+        out.write("\n" + style.bold(f"{n} root cause{'' if n == 1 else 's'}, each with its fix:") + "\n")
+        for i in causes.lines:
+            out.write("\n" + render_cause(causes, i, style, width) + "\n")
+    out.write("\n" + render_summary(lines, style, causes, width) + "\n")
     out.flush()
     return EXIT_OK if all(x.ok for x in lines) else EXIT_FAILED
+
+
+async def run_demo_check(mailbox: str | None, output: str, out: TextIO, err: TextIO) -> int:
+    """`check --demo`: the checklist against the bundled simulator, no config needed."""
+    import tempfile
+
+    from .simulator.demo import Demo
+
+    with tempfile.TemporaryDirectory(prefix="m365-check-demo-") as tmp:
+        demo = Demo(Path(tmp))
+        try:
+            config = await demo.start()
+            if output != "json":
+                err.write("demo: checking the bundled Microsoft 365 simulator on loopback (no tenant is "
+                          "contacted)\n")
+            return await run_check(config, mailbox, output, out, err, "demo")
+        finally:
+            await demo.close()
+
+
+NO_CONFIG = ("cannot read config {path}: no such file.\n"
+             "Pass your config with --config.file FILE (see docs/configuration.md), or run\n"
+             "  m365-mail-exporter check --demo\n"
+             "to see the checklist against the bundled simulator.")
 
 
 def main(args: argparse.Namespace) -> int:
     output = getattr(args, "output", "text")
     path = getattr(args, "config_file", DEFAULT_CONFIG)
+    mailbox = getattr(args, "mailbox", None)
     if getattr(args, "log_level", "info") != "debug":
         # every problem is a line of the checklist; background-style warnings would only repeat them
         logging.getLogger().setLevel(logging.ERROR)
+    if getattr(args, "demo", False):
+        try:
+            return asyncio.run(run_demo_check(mailbox, output, sys.stdout, sys.stderr))
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return EXIT_FAILED
+    if not os.path.lexists(path):
+        message = NO_CONFIG.format(path=path)
+        if output == "json":
+            sys.stdout.write(json.dumps({"ok": False, "config_errors": [message.splitlines()[0]], "checks": []},
+                                        indent=2) + "\n")
+        print(message, file=sys.stderr)
+        return EXIT_CONFIG
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -206,7 +383,7 @@ def main(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     try:
-        return asyncio.run(run_check(config, getattr(args, "mailbox", None), output, sys.stdout, sys.stderr, path))
+        return asyncio.run(run_check(config, mailbox, output, sys.stdout, sys.stderr, path))
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -223,4 +400,6 @@ def register(sub: argparse._SubParsersAction, add_common: Callable[[argparse.Arg
     add_common(p)
     p.add_argument("--mailbox", default=None, help="only this mailbox (name or address), its credential and endpoints")
     p.add_argument("--output", choices=["text", "json"], default="text", help="text (default) or json")
+    p.add_argument("--demo", action="store_true", default=argparse.SUPPRESS,
+                   help="run the checklist against the bundled simulator (no config or tenant needed)")
     p.set_defaults(func=main)

@@ -32,8 +32,10 @@ from .audit import (
     KEY_TYPE_PREFIX,
     audit_hook,
 )
+from .certexpiry import read_certificate_expiry
 from .collector import F_EXPIRY, SECRET_PREFIX
 from .config import Config, Endpoint, Mailbox
+from .fixes import login_endpoint
 from .probes.result import ProbeResult
 from .reasons import Reason
 from .redact import redact
@@ -45,6 +47,10 @@ STAGE_TITLES = {
     "pop3": "POP3 login", "smtp": "SMTP login", "audit": "App registration",
 }
 REDIRECT_SUMMARY = "the consuming application's URL is not among the app registration's redirect URIs"
+# Match alerts/config.yml's M365ClientSecretExpiringSoon (warning_days 30, critical_days 7): `check`
+# warns exactly when the shipped alert is pending or firing, so the two never disagree.
+SECRET_WARNING_DAYS = 30
+SECRET_CRITICAL_DAYS = 7
 
 
 @dataclass
@@ -62,6 +68,11 @@ class CheckLine:
     summary_text: str | None = None  # overrides the reason's catalogue summary (audit-specific words)
     fix_text: str | None = None  # overrides the reason's catalogue fix
     label: str = ""  # what the target is used for (e.g. "imap", "smtp", "identity platform"), text output only
+    warning: str = ""  # passed, but needs attention soon (e.g. a secret expiring within 30 days): [WARN]
+    credential: str = ""  # the credential this line depends on (token, mail and audit lines)
+    endpoint: str = ""  # the host:port this line depends on (tcp, tls and mail lines; host for dns)
+    host: str = ""
+    port: int | None = None
 
     @property
     def summary(self) -> str | None:
@@ -75,11 +86,26 @@ class CheckLine:
             return self.fix_text
         if self.reason is None or self.ok:
             return None
-        if self.stage in ("imap", "pop3", "smtp"):
-            return self.reason.fix_for(mailbox=self.target)
-        if self.stage == "token":
-            return self.reason.fix_for(credential=self.target)
-        return self.reason.fix
+        mailbox = self.target if self.stage in ("imap", "pop3", "smtp") else None
+        return self.reason.fix_for(mailbox=mailbox, credential=self.credential or None, host=self.host or None,
+                                   port=self.port)
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.skipped
+
+    @property
+    def cause(self) -> tuple[str, str]:
+        """The root cause this line belongs to: (reason or summary, credential or endpoint).
+        Credential reasons group by credential, network reasons by endpoint, mail reasons by the
+        credential whose identity the mail server refused (one fix for all its mailboxes)."""
+        what = self.reason.value if self.reason is not None else (self.summary or self.stage)
+        if self.reason is not None and self.reason.info.category.value == "network":
+            where = self.host if self.reason.value.startswith("dns_") else (self.endpoint or self.host)
+            return what, f"endpoint {where or self.target}"
+        if self.credential:
+            return what, f"credential {self.credential}"
+        return what, f"{self.stage} {self.target}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +118,8 @@ class CheckLine:
             "detail": redact(self.detail),
             "duration_seconds": round(self.duration, 6),
             "facts": {k: v for k, v in sorted(self.facts.items())},
+            "skipped": self.skipped,
+            "warning": self.warning or None,
         }
 
 
@@ -111,6 +139,16 @@ def _when(ts: float, now: float | None = None) -> str:
     return f"{day} (in {left / 86400:.0f} days)"
 
 
+def expiry_warning(expiry: float, now: float | None = None) -> str:
+    """'' or what the shipped M365ClientSecretExpiringSoon alert says about this expiry."""
+    now = time.time() if now is None else now
+    left = expiry - now
+    if left <= 0 or left > SECRET_WARNING_DAYS * 86400:
+        return ""
+    level = "critical" if left <= SECRET_CRITICAL_DAYS * 86400 else "warning"
+    return f"expires {_when(expiry, now)}: M365ClientSecretExpiringSoon ({level}) is due; rotate it before then"
+
+
 def select_mailbox(config: Config, mailbox: str) -> Config:
     """The config reduced to one mailbox (by name or address), its credential and so its endpoints."""
     m = config.find_mailbox(mailbox)
@@ -126,6 +164,9 @@ def select_mailbox(config: Config, mailbox: str) -> Config:
 def endpoint_lines(ep: Endpoint, res: ProbeResult, used_for: str = "") -> tuple[CheckLine, CheckLine, CheckLine]:
     """DNS, TCP and TLS lines from one endpoint probe (it walks the path in that order)."""
     lines = _endpoint_lines(ep, res)
+    for line in lines:
+        line.host, line.port, line.endpoint = ep.host, ep.port, f"{ep.host}:{ep.port}"
+    lines[0].port = None
     for line in lines[1:]:
         line.label = used_for
         if used_for:
@@ -183,8 +224,10 @@ def token_line(rt: Runtime, name: str, res: ProbeResult) -> CheckLine:
     facts: dict[str, float | str] = dict(res.facts)
     facts.update(flow=cred.flow, auth=cred.auth_kind)
     how = f"{cred.flow} ({cred.auth_kind})"
+    host, port = login_endpoint(rt.config, name)
+    where = dict(credential=name, host=host or "", port=port, endpoint=f"{host}:{port}" if host else "")
     if not res.success:
-        return CheckLine("token", name, False, res.reason, f"{how}: {res.detail}", res.duration, facts)
+        return CheckLine("token", name, False, res.reason, f"{how}: {res.detail}", res.duration, facts, **where)
     tok = provider.current if provider is not None else None
     parts = [how]
     if tok is not None:
@@ -200,12 +243,15 @@ def token_line(rt: Runtime, name: str, res: ProbeResult) -> CheckLine:
             parts.append("opaque token (identity and permissions not readable)")
     if isinstance(facts.get(F_EXPIRY), int | float):
         parts.append("expires " + _when(float(facts[F_EXPIRY])))
-    return CheckLine("token", name, True, None, "; ".join(parts), res.duration, facts)
+    return CheckLine("token", name, True, None, "; ".join(parts), res.duration, facts, **where)
 
 
-def mail_line(m: Mailbox, check: str, res: ProbeResult) -> CheckLine:
+def mail_line(m: Mailbox, check: str, res: ProbeResult, ep: Endpoint | None = None) -> CheckLine:
+    where: dict[str, Any] = {"credential": m.credential}
+    if ep is not None:
+        where.update(host=ep.host, port=ep.port, endpoint=f"{ep.host}:{ep.port}")
     if not res.success:
-        return CheckLine(check, m.label, False, res.reason, res.detail, res.duration, dict(res.facts))
+        return CheckLine(check, m.label, False, res.reason, res.detail, res.duration, dict(res.facts), **where)
     if check == "smtp":
         detail = "EHLO, STARTTLS, AUTH XOAUTH2 accepted (no mail sent)"
     else:
@@ -213,7 +259,7 @@ def mail_line(m: Mailbox, check: str, res: ProbeResult) -> CheckLine:
         what = "AUTHENTICATE XOAUTH2 + EXAMINE INBOX" if check == "imap" else "AUTH XOAUTH2 + STAT"
         count = int(float(n)) if isinstance(n, int | float) else None
         detail = what + (f": {count} message{'' if count == 1 else 's'}" if count is not None else " ok")
-    return CheckLine(check, m.label, True, None, res.detail or detail, res.duration, dict(res.facts))
+    return CheckLine(check, m.label, True, None, res.detail or detail, res.duration, dict(res.facts), **where)
 
 
 def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
@@ -229,7 +275,7 @@ def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
         if secrets:
             detail += f" (last known expiries still exported: {len(secrets)})"
         return [CheckLine("audit", target, False, res.reason, detail, res.duration, public, summary_text=summary,
-                          fix_text=fix)]
+                          fix_text=fix, credential=name)]
     parts = []
     if isinstance(f.get(F_DISPLAY_NAME), str):
         parts.append(f"app '{f[F_DISPLAY_NAME]}'")
@@ -242,9 +288,14 @@ def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
         parts.append("no client secrets or certificates registered")
     lines: list[CheckLine] = []
     if secrets and max(secrets.values()) < now:
-        lines.append(CheckLine("audit", target, False, Reason.SECRET_EXPIRED, "; ".join(parts), res.duration, public))
+        lines.append(CheckLine("audit", target, False, Reason.SECRET_EXPIRED, "; ".join(parts), res.duration, public,
+                               credential=name))
     else:
-        lines.append(CheckLine("audit", target, True, None, "; ".join(parts), res.duration, public))
+        # the alert fires per key_id: warn for the soonest one still valid
+        valid = sorted(v for v in secrets.values() if v > now)
+        warn = expiry_warning(valid[0], now) if valid else ""
+        lines.append(CheckLine("audit", target, True, None, "; ".join(parts), res.duration, public, warning=warn,
+                               credential=name))
     if cred.app_external_url and F_REDIRECT_MATCH in f:
         ok = f[F_REDIRECT_MATCH] == 1.0
         found = str(f.get(F_REDIRECT_URIS) or "none")
@@ -252,6 +303,7 @@ def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
                   else f"{cred.app_external_url} is not among the web redirect URIs ({found})")
         lines.append(CheckLine(
             "audit", f"{name} (redirect URI)", ok, None, detail, 0.0, {F_REDIRECT_MATCH: f[F_REDIRECT_MATCH]},
+            credential=name,
             summary_text=None if ok else REDIRECT_SUMMARY,
             fix_text=None if ok else (f"Add {cred.app_external_url} (the consuming application's OAuth callback "
                                       "URL under it) as a Web redirect URI in Entra ID > App registrations > "
@@ -264,7 +316,38 @@ def declared_line(name: str, expiry: float) -> CheckLine:
     ok = expiry > time.time()
     return CheckLine("audit", f"{name} (declared)", ok, None if ok else Reason.SECRET_EXPIRED,
                      f"secret_expiry declared in the config: {_when(expiry)}", 0.0,
-                     {SECRET_PREFIX + "declared": expiry})
+                     {SECRET_PREFIX + "declared": expiry}, warning=expiry_warning(expiry), credential=name)
+
+
+def certificate_line(name: str, path: str) -> CheckLine:
+    """The configured certificate file's own notAfter (exported as its thumbprint's expiry)."""
+    own = read_certificate_expiry(path)
+    target = f"{name} (certificate file)"
+    if own is None:
+        return CheckLine("audit", target, False, Reason.CREDENTIAL_UNREADABLE, f"cannot read a certificate in {path}",
+                         credential=name)
+    ok = own.not_after > time.time()
+    return CheckLine("audit", target, ok, None if ok else Reason.CERTIFICATE_EXPIRED,
+                     f"certificate [{own.thumbprint}] expires {_when(own.not_after)}", 0.0,
+                     {SECRET_PREFIX + own.thumbprint: own.not_after}, warning=expiry_warning(own.not_after),
+                     credential=name)
+
+
+def skip_if_upstream_failed(line: CheckLine, upstream: list[tuple[ProbeResult, str]]) -> CheckLine:
+    """A mail line that failed for the same reason as an earlier stage of its path (the endpoint's
+    DNS/TCP/TLS, the credential's token) was not reached: [SKIP] with that stage's reason, as the
+    docs say, so the root cause is reported once, where it happened. `upstream` is in path order:
+    (result, what it was) pairs."""
+    if line.ok or line.reason is None:
+        return line
+    for res, what in upstream:
+        if res.success or res.reason is None:
+            continue
+        if res.reason is line.reason or (what.startswith("token") and line.detail.startswith("no token")):
+            line.skipped, line.reason = True, res.reason
+            line.detail = f"not reached: {what} failed"
+            return line
+    return line
 
 
 # ------------------------------------------------------------------ running
@@ -375,15 +458,26 @@ class Checklist:
                 async def produce_mail(m: Mailbox = m, check: str = check) -> list[CheckLine]:
                     await asyncio.wait([token_tasks[m.credential]])  # reuse the fresh token, one IdP request
                     res = await self._bounded(lambda: rt.run_mail_probe(MailTarget(m, check)))
-                    return [mail_line(m, check, res)]
+                    ep = config.endpoint_for(m, check)
+                    line = mail_line(m, check, res, ep)
+                    upstream = [(token_tasks[m.credential].result(), f"token {m.credential}")]
+                    if ep in ep_tasks:
+                        upstream.insert(0, (await ep_tasks[ep], f"{ep.host}:{ep.port}"))
+                    return [skip_if_upstream_failed(line, upstream)]
                 self._add(check, m.label, produce_mail)
 
         hook = audit_hook(rt)
         for name, cred in config.credentials.items():
             if cred.graph_audit and hook is not None:
                 async def produce_audit(name: str = name) -> list[CheckLine]:
-                    return audit_lines(rt, name, await self._bounded(lambda: hook.run(rt, name)))
+                    lines = audit_lines(rt, name, await self._bounded(lambda: hook.run(rt, name)))
+                    token = await token_tasks[name]  # the same client credential signs the Graph request
+                    return [skip_if_upstream_failed(x, [(token, f"token {name}")]) for x in lines]
                 self._add("audit", name, produce_audit)
+            if cred.certificate_file is not None:
+                async def produce_cert(name: str = name, path: str = str(cred.certificate_file)) -> list[CheckLine]:
+                    return [certificate_line(name, path)]
+                self._add("audit", name, produce_cert)
             if cred.secret_expiry is not None:
                 async def produce_declared(name: str = name, ts: float = cred.secret_expiry.timestamp()
                                            ) -> list[CheckLine]:

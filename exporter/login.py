@@ -34,13 +34,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import msal
 
 from . import oscompat
 from .auth.cache import save_cache
 from .auth.claims import decode_claims, token_identity, token_permissions
-from .auth.errors import TokenError, from_msal_result
+from .auth.errors import TokenError, from_msal_result, from_observed_exception
 from .auth.provider import TokenProvider, build_msal_app, read_client_material, required_permissions
 from .config import Config, ConfigError, load_config
 from .reasons import Reason
@@ -71,8 +72,10 @@ class LoginResult:
         return self.exit_code == EXIT_OK
 
 
-def _failure(err: TokenError, confidential: bool, what: str) -> LoginResult:
-    msg = f"{what} failed: {err.reason.value}: {err.reason.summary}\n  detail: {err.detail}\n  fix: {err.reason.fix}"
+def _failure(err: TokenError, confidential: bool, what: str, provider: TokenProvider) -> LoginResult:
+    url = urlsplit(provider.authority)
+    fix = err.reason.fix_for(credential=provider.name, host=url.hostname, port=url.port or 443)
+    msg = f"{what} failed: {err.reason.value}: {err.reason.summary}\n  detail: {err.detail}\n  fix: {fix}"
     if confidential and err.reason in (Reason.APP_NOT_FOUND, Reason.PUBLIC_CLIENT_DISABLED, Reason.UNKNOWN):
         msg += ("\n  note: this credential has a client secret, so login ran the device-code flow as a "
                 "confidential client. If the app registration refuses that, set 'Allow public client flows' "
@@ -122,7 +125,7 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
     try:
         secret, _ = read_client_material(cred)
     except TokenError as err:
-        return _failure(err, False, "reading the client secret")
+        return _failure(err, False, "reading the client secret", provider)
     confidential = secret is not None
     cache = msal.SerializableTokenCache()  # fresh: only this sign-in, never merged with an old cache
     try:
@@ -131,10 +134,11 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
                                   factory=DeviceFlowConfidentialApp if confidential else None)
         flow = app.initiate_device_flow(scopes=provider.scopes)
     except Exception as exc:  # MSAL/requests raise many types; classify like the provider does
-        return _failure(provider._classify_exception(exc), confidential, "starting the device-code sign-in")
+        err = from_observed_exception(exc, provider.http)
+        return _failure(err, confidential, "starting the device-code sign-in", provider)
     if "user_code" not in flow:
         err = from_msal_result(flow, provider.http.last_status, provider.http.last_retry_after)
-        return _failure(err, confidential, "starting the device-code sign-in")
+        return _failure(err, confidential, "starting the device-code sign-in", provider)
     if on_flow is not None:
         on_flow(flow)
     wait = float(flow.get("expires_in", 900))
@@ -144,7 +148,7 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
     try:
         result = app.acquire_token_by_device_flow(flow, exit_condition=lambda _f: time.monotonic() > deadline)
     except Exception as exc:
-        return _failure(provider._classify_exception(exc), confidential, "the device-code sign-in")
+        return _failure(from_observed_exception(exc, provider.http), confidential, "the device-code sign-in", provider)
     if not result or "access_token" not in result:
         error = (result or {}).get("error")
         if error in ("authorization_pending", "slow_down", "expired_token"):
@@ -153,7 +157,7 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
         if error == "authorization_declined":
             return LoginResult(EXIT_FAILED, "the sign-in was declined in the browser. Nothing was written.")
         err = from_msal_result(result or {}, provider.http.last_status, provider.http.last_retry_after)
-        return _failure(err, confidential, "the device-code sign-in")
+        return _failure(err, confidential, "the device-code sign-in", provider)
 
     claims = decode_claims(result["access_token"]) or {}
     id_claims = result.get("id_token_claims") or {}
@@ -183,7 +187,8 @@ def _device_login(provider: TokenProvider, on_flow: FlowCallback | None, max_wai
     needed = required_permissions(cred, provider.checks or {"imap", "pop3", "smtp"})
     missing = sorted(needed - token_permissions(claims)) if claims else []
     if missing:
-        message += (f"\nWarning: the token lacks {', '.join(missing)}: {Reason.MISSING_SCOPE.fix}")
+        message += (f"\nWarning: the token lacks {', '.join(missing)}: "
+                    f"{Reason.MISSING_SCOPE.fix_for(credential=provider.name)}")
     return LoginResult(EXIT_OK, message, identity=identity)
 
 

@@ -35,6 +35,8 @@ class Reason(StrEnum):
     SECRET_INVALID = "secret_invalid"
     SECRET_EXPIRED = "secret_expired"
     CERTIFICATE_INVALID = "certificate_invalid"
+    CERTIFICATE_EXPIRED = "certificate_expired"
+    PRIVATE_KEY_INVALID = "private_key_invalid"
     CLOCK_SKEW = "clock_skew"
     CONSENT_REQUIRED = "consent_required"
     REFRESH_TOKEN_EXPIRED = "refresh_token_expired"
@@ -51,6 +53,8 @@ class Reason(StrEnum):
     PUBLIC_CLIENT_DISABLED = "public_client_disabled"
     THROTTLED = "throttled"
     IDP_UNAVAILABLE = "idp_unavailable"
+    IDP_RESPONSE_INVALID = "idp_response_invalid"
+    REDIRECT_URI_MISMATCH = "redirect_uri_mismatch"
     WRONG_IDENTITY = "wrong_identity"
     MISSING_SCOPE = "missing_scope"
     NO_TOKEN_CACHE = "no_token_cache"
@@ -65,6 +69,8 @@ class Reason(StrEnum):
     XOAUTH2_NOT_OFFERED = "xoauth2_not_offered"
     STARTTLS_UNAVAILABLE = "starttls_unavailable"
     SERVER_UNAVAILABLE = "server_unavailable"
+    SERVER_TEMPORARY_FAILURE = "server_temporary_failure"
+    MAILBOX_IN_USE = "mailbox_in_use"
     PROTOCOL_ERROR = "protocol_error"
     # network path
     DNS_NXDOMAIN = "dns_nxdomain"
@@ -91,18 +97,40 @@ class Reason(StrEnum):
 
     @property
     def fix(self) -> str:
-        return CATALOGUE[self].fix
+        return self.fix_for()
 
-    def fix_for(self, mailbox: str | None = None, credential: str | None = None) -> str:
-        """The fix with the catalogue's placeholders (MAILBOX, `--credential NAME`) filled in,
-        so an operator can paste the command as shown."""
-        text = CATALOGUE[self].fix
+    def fix_for(self, mailbox: str | None = None, credential: str | None = None,
+                host: str | None = None, port: int | str | None = None) -> str:
+        """The fix with the situation filled in (mailbox, credential, host, port), so an operator can
+        paste the command as shown. Whatever is not known reads as plain words, never a placeholder
+        token: the catalogue's templates use `{mailbox}`, `{credential}`, `{endpoint}` and `{port}`."""
+        fields = dict(GENERIC_FIELDS)
         if mailbox:
-            text = text.replace("-Identity MAILBOX", f"-Identity {mailbox}")
+            fields["mailbox"] = mailbox
         if credential:
-            text = text.replace("--credential NAME", f"--credential {credential}")
-        return text
+            fields["credential"] = credential
+        if port:
+            fields["port"] = f"port {port}"
+            fields["endpoint"] = f"{host}:{port}" if host else f"port {port}"
+        elif host:
+            fields["endpoint"] = host
+        return CATALOGUE[self].fix.format_map(fields)
 
+
+# What a fix says where the situation is not known (docs/reasons.md, a reason without context).
+# Angle brackets mark "put yours here" in the generated reference only: every runtime output
+# (check, /probe debug, the landing page) passes the real values (see exporter/fixes.py).
+GENERIC_FIELDS: dict[str, str] = {
+    "mailbox": "<mailbox address>",
+    "credential": "<credential name>",
+    "endpoint": "the endpoint",
+    "port": "the endpoint's port (443, 587, 993 or 995)",
+}
+# Tokens that must never reach an operator's screen filled in (tests scan every output for them).
+PLACEHOLDER_TOKENS: tuple[str, ...] = (
+    "{mailbox}", "{credential}", "{endpoint}", "{port}", "<mailbox address>", "<credential name>",
+    "-Identity MAILBOX", "--credential NAME",
+)
 
 R = Reason
 T, M, N, X = Category.TOKEN, Category.MAIL, Category.NETWORK, Category.OTHER
@@ -111,15 +139,25 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
     R.SECRET_INVALID: ReasonInfo(
         T, "client secret is wrong (AADSTS7000215)",
         "Put the secret's Value (not its Secret ID) from Entra ID > App registrations > Certificates & secrets "
-        "into the configured secret file/variable.", "token"),
+        "into the secret file/variable of credential {credential}.", "token"),
     R.SECRET_EXPIRED: ReasonInfo(
         T, "client secret has expired (AADSTS7000222)",
-        "Create a new client secret for the app registration, deploy it to the exporter and the mail "
-        "application, then delete the old one.", "token"),
+        "Create a new client secret for the app registration of credential {credential}, deploy it to the "
+        "exporter and the mail application, then delete the old one.", "token"),
     R.CERTIFICATE_INVALID: ReasonInfo(
         T, "client certificate assertion rejected (AADSTS700027)",
         "Upload the certificate's public part to the app registration (Certificates & secrets) and check the "
-        "configured certificate and private key belong together and are not expired.", "token"),
+        "certificate and private key of credential {credential} belong together and are not expired.", "token"),
+    R.CERTIFICATE_EXPIRED: ReasonInfo(
+        T, "registered client certificate has expired (AADSTS1000502)",
+        "Create a new certificate, upload its public part to the app registration (Certificates & secrets), "
+        "deploy it as certificate_file/private_key_file of credential {credential}, then remove the expired "
+        "one.", "token"),
+    R.PRIVATE_KEY_INVALID: ReasonInfo(
+        T, "configured private key cannot be parsed (truncated, not PEM, or wrong passphrase)",
+        "Put the complete PEM private key (BEGIN and END lines intact) that belongs to certificate_file into "
+        "private_key_file of credential {credential}; if it is encrypted, set private_key_password_env.",
+        "token"),
     R.CLOCK_SKEW: ReasonInfo(
         T, "client assertion rejected for clock skew (AADSTS700024)",
         "Synchronise this host's clock (chrony/NTP); assertions are only valid for a few minutes.", "token"),
@@ -129,15 +167,16 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "registration's API permissions page.", "token"),
     R.REFRESH_TOKEN_EXPIRED: ReasonInfo(
         T, "refresh token expired (AADSTS700082/70008)",
-        "Re-run `m365-mail-exporter login --credential NAME` as the configured account; refresh tokens lapse "
+        "Re-run `m365-mail-exporter login --credential {credential}` as the configured account; refresh tokens lapse "
         "after 90 days without use.", "token"),
     R.GRANT_REVOKED: ReasonInfo(
         T, "refresh token revoked (AADSTS50173: password change or admin revoke)",
-        "Re-run `m365-mail-exporter login --credential NAME` as the configured account (and re-authorise the "
+        "Re-run `m365-mail-exporter login --credential {credential}` as the configured account (and re-authorise the "
         "mail application the same way).", "token"),
     R.INTERACTION_REQUIRED: ReasonInfo(
         T, "sign-in needs interaction: MFA or sign-in frequency (AADSTS50076/50079/70043)",
-        "Re-run `login` and complete MFA; exclude the service account from sign-in frequency policies or "
+        "Re-run `m365-mail-exporter login --credential {credential}` and complete MFA; exclude the service "
+        "account from sign-in frequency policies or "
         "move to app-only (client credentials) access.", "token"),
     R.CONDITIONAL_ACCESS: ReasonInfo(
         T, "blocked by Conditional Access or security defaults (AADSTS53003/530035, SMTP 5.7.139)",
@@ -148,18 +187,20 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "Enable the user account in Entra ID (or configure the correct, enabled account).", "token"),
     R.PASSWORD_EXPIRED: ReasonInfo(
         T, "account password expired (AADSTS50055)",
-        "Reset the account's password, then re-run `login`; set the service account's password to never "
+        "Reset the account's password, then re-run `m365-mail-exporter login --credential {credential}`; "
+        "set the service account's password to never "
         "expire.", "token"),
     R.USER_NOT_IN_TENANT: ReasonInfo(
         T, "account does not exist in this tenant (AADSTS50034/50020)",
-        "Sign in with an account of the configured tenant, or fix tenant_id for the credential.", "token"),
+        "Sign in with an account of the configured tenant, or fix tenant_id of credential {credential}.", "token"),
     R.TENANT_NOT_FOUND: ReasonInfo(
         T, "tenant not found (AADSTS90002)",
-        "Fix tenant_id (the Directory (tenant) ID) or the cloud setting (global vs usgov/china).", "token"),
+        "Fix tenant_id (the Directory (tenant) ID) of credential {credential} or the cloud setting (global "
+        "vs usgov/china).", "token"),
     R.APP_NOT_FOUND: ReasonInfo(
         T, "application not found in the tenant (AADSTS700016)",
-        "Fix client_id (the Application (client) ID) or tenant_id; the app must be registered or consented "
-        "in this tenant.", "token"),
+        "Fix client_id (the Application (client) ID) or tenant_id of credential {credential}; the app must "
+        "be registered or consented in this tenant.", "token"),
     R.RESOURCE_NOT_FOUND: ReasonInfo(
         T, "resource (Exchange Online) not found in the tenant (AADSTS500011)",
         "Check the cloud setting and scope: the resource must be Office 365 Exchange Online for this cloud, "
@@ -174,67 +215,93 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "device-code login and public-client refresh).", "token"),
     R.THROTTLED: ReasonInfo(
         T, "identity platform throttled the requests (HTTP 429 / AADSTS50196)",
-        "Wait for Retry-After; lower token probe frequency or reduce other clients sharing this app.", "token"),
+        "Wait for Retry-After; raise defaults.token_interval or reduce other clients sharing this app.", "token"),
     R.IDP_UNAVAILABLE: ReasonInfo(
         T, "identity platform unavailable (HTTP 5xx or unreachable)",
         "Check the Microsoft 365 service health and this host's path to the login endpoint (firewall, proxy); "
         "the exporter retries on its schedule.", "token"),
+    R.IDP_RESPONSE_INVALID: ReasonInfo(
+        T, "the login endpoint answered with a web page, not the identity platform (captive portal or "
+        "TLS-inspecting proxy)",
+        "Let this host reach the login endpoint directly (allow login.microsoftonline.com through the proxy or "
+        "firewall without HTTPS inspection or a sign-in portal), or set defaults.https.proxy to the proxy "
+        "that does.", "token"),
+    R.REDIRECT_URI_MISMATCH: ReasonInfo(
+        T, "redirect URI not registered on the app registration (AADSTS50011)",
+        "Add the consuming application's callback URL as a Web redirect URI in Entra ID > App registrations "
+        "> Authentication; its FQDN must equal ECE's External URL of the Application.", "token"),
     R.WRONG_IDENTITY: ReasonInfo(
         T, "token was issued for a different account than configured",
-        "Re-run `m365-mail-exporter login --credential NAME` from a private browser window signed in as the "
+        "Re-run `m365-mail-exporter login --credential {credential}` from a private browser window signed in as the "
         "configured account only.", "token"),
     R.MISSING_SCOPE: ReasonInfo(
         T, "token lacks a permission the mailbox checks need",
         "Add the missing API permission (IMAP/POP AccessAsApp or AccessAsUser, SMTP.SendAsApp or SMTP.Send) "
-        "and grant admin consent; for delegated tokens re-run `login`.", "token"),
+        "and grant admin consent; for delegated tokens re-run `m365-mail-exporter login --credential "
+        "{credential}`.", "token"),
     R.NO_TOKEN_CACHE: ReasonInfo(
         T, "no delegated token for the account in the token cache",
-        "Run `m365-mail-exporter login --credential NAME` to bootstrap the token cache.", "token"),
+        "Run `m365-mail-exporter login --credential {credential}` to bootstrap the token cache.", "token"),
     R.TOKEN_CACHE_CORRUPT: ReasonInfo(
         T, "token cache file cannot be read or parsed",
-        "Check the token cache file's permissions and content; delete it and re-run `login` if it is "
-        "damaged.", "token"),
+        "Check the token_cache file of credential {credential} (permissions, content); if it is damaged, "
+        "delete it and run `m365-mail-exporter login --credential {credential}`.", "token"),
     R.CREDENTIAL_UNREADABLE: ReasonInfo(
         T, "configured secret, certificate or key file cannot be read",
-        "Check the path, permissions and format (PEM) of the configured secret/certificate/key file or the "
-        "environment variable.", "token"),
+        "Check the path, permissions and format (PEM) of the secret/certificate/key file or the environment "
+        "variable of credential {credential}.", "token"),
     R.AUTH_FAILED: ReasonInfo(
         M, "mail server rejected the OAuth token (AUTHENTICATE failed / 535 5.7.3)",
-        "App-only: register the service principal in Exchange (New-ServicePrincipal with the Enterprise "
-        "Application's object id) and grant FullAccess; delegated: token's user must own or have FullAccess "
-        "to the mailbox.", "mail"),
+        "App-only: register the app's service principal in Exchange (New-ServicePrincipal with the Enterprise "
+        "Application's object id) and grant it FullAccess on {mailbox} (Add-MailboxPermission); delegated: "
+        "the token's user must own {mailbox} or have FullAccess to it.", "mail"),
     R.SMTP_AUTH_DISABLED: ReasonInfo(
         M, "SMTP AUTH is disabled for the tenant or mailbox (5.7.139)",
-        "Set-CASMailbox -Identity MAILBOX -SmtpClientAuthenticationDisabled $false (or Set-TransportConfig "
-        "-SmtpClientAuthenticationDisabled $false for the tenant).", "mail"),
+        "Set-CASMailbox -Identity {mailbox} -SmtpClientAuthenticationDisabled $false (or Set-TransportConfig "
+        "-SmtpClientAuthenticationDisabled $false for the tenant); without Exchange PowerShell: Microsoft 365 "
+        "admin center > Users > Active users > the user > Mail > Manage email apps > Authenticated SMTP.", "mail"),
     R.SECURITY_DEFAULTS: ReasonInfo(
         M, "blocked by the tenant's security defaults (5.7.139)",
         "Security defaults block SMTP AUTH: move to Conditional Access with an exclusion for this account or "
         "use app-only access.", "mail"),
     R.MAILBOX_NOT_ACCESSIBLE: ReasonInfo(
         M, "authenticated but the mailbox cannot be opened (User is authenticated but not connected)",
-        "Grant the token's identity FullAccess on the mailbox (Add-MailboxPermission), check the XOAUTH2 "
-        "user= is the mailbox address, and that the mailbox is licensed and IMAP/POP enabled.", "mail"),
+        "Grant the token's identity FullAccess on {mailbox} (Add-MailboxPermission -Identity {mailbox}), "
+        "and check {mailbox} is licensed and IMAP/POP enabled (Set-CASMailbox, or admin center > Users > "
+        "Active users > the user > Mail > Manage email apps).", "mail"),
     R.INVALID_USER: ReasonInfo(
         M, "mail server rejected the user address in XOAUTH2 (501 5.5.124)",
-        "Use the mailbox's primary SMTP address as the configured address.", "mail"),
+        "Configure the mailbox's primary SMTP address instead of {mailbox} (Get-Mailbox -Identity {mailbox} "
+        "shows PrimarySmtpAddress).", "mail"),
     R.XOAUTH2_NOT_OFFERED: ReasonInfo(
         M, "server does not offer AUTH XOAUTH2",
-        "Check the endpoint host is Exchange Online (outlook.office365.com / smtp.office365.com) and that "
-        "IMAP/POP/SMTP AUTH is enabled; for SMTP, XOAUTH2 is offered only after STARTTLS.", "mail"),
+        "Check {endpoint} is Exchange Online (outlook.office365.com / smtp.office365.com) and not a mail "
+        "proxy; for SMTP, XOAUTH2 is offered only after STARTTLS.", "mail"),
     R.STARTTLS_UNAVAILABLE: ReasonInfo(
         M, "SMTP server did not offer or complete STARTTLS",
-        "Check for a TLS-intercepting firewall or proxy on port 587 stripping STARTTLS.", "mail"),
+        "Check for a TLS-intercepting firewall or proxy between this host and {endpoint} that strips "
+        "STARTTLS.", "mail"),
     R.SERVER_UNAVAILABLE: ReasonInfo(
         M, "mail server closed or refused the session (BYE / 421 / -ERR unavailable)",
-        "Usually transient on Microsoft's side; check service health. If persistent, check the protocol is "
-        "enabled for the mailbox (Set-CASMailbox -ImapEnabled/-PopEnabled $true) and the licence.", "mail"),
+        "Usually transient on Microsoft's side; check service health. If persistent, enable the protocol "
+        "for {mailbox} (Set-CASMailbox -Identity {mailbox} -ImapEnabled $true -PopEnabled $true, or admin "
+        "center > Users > Active users > the user > Mail > Manage email apps) and check its licence.", "mail"),
+    R.SERVER_TEMPORARY_FAILURE: ReasonInfo(
+        M, "mail server reported a temporary failure ([SYS/TEMP], [UNAVAILABLE], 454)",
+        "Not the credentials: the server (e.g. its token validation) is failing for now and the exporter "
+        "retries on its schedule; if it persists, check the mail service's health.", "mail"),
+    R.MAILBOX_IN_USE: ReasonInfo(
+        M, "mailbox locked by another session or a session limit reached ([IN-USE], [INUSE], [LIMIT])",
+        "Another client holds {mailbox} (POP3 allows one session at a time) or too many sessions are open: "
+        "check how many retrievers the consuming application runs; the exporter retries on its schedule.",
+        "mail"),
     R.PROTOCOL_ERROR: ReasonInfo(
         M, "unexpected or malformed reply from the mail server",
-        "Check nothing between this host and Microsoft rewrites the protocol (TLS interception, mail "
-        "proxies); see /probe?debug=true for the dialogue.", "mail"),
+        "Check nothing between this host and {endpoint} rewrites the protocol (TLS interception, mail "
+        "proxies); the redacted dialogue is on the exporter's /probe page with debug=true.", "mail"),
     R.DNS_NXDOMAIN: ReasonInfo(
-        N, "host name does not exist in DNS", "Fix the endpoint host name or this host's DNS configuration.",
+        N, "host name does not exist in DNS",
+        "Check {endpoint} is spelled right in the config and resolves with this host's DNS configuration.",
         "network"),
     R.DNS_SERVFAIL: ReasonInfo(
         N, "DNS server failed to answer", "Check this host's DNS resolvers (/etc/resolv.conf or the configured "
@@ -243,13 +310,14 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         N, "DNS lookup timed out", "Check this host's DNS resolvers are reachable (UDP/TCP 53).", "network"),
     R.CONNECTION_REFUSED: ReasonInfo(
         N, "TCP connection refused",
-        "Open the firewall for the endpoint's port (443, 587, 993, 995) from this host.", "network"),
+        "Open the firewall from this host to {endpoint}, and check the host and port are right.", "network"),
     R.CONNECTION_RESET: ReasonInfo(
         N, "connection reset or closed unexpectedly",
-        "Check firewalls/IPS between this host and Microsoft that reset mail connections.", "network"),
+        "Check firewalls/IPS between this host and {endpoint} that reset the connection.", "network"),
     R.TIMEOUT: ReasonInfo(
         N, "no answer within the timeout",
-        "Check the firewall silently drops the port (443, 587, 993, 995) or the server is overloaded.",
+        "Check whether a firewall between this host and {endpoint} silently drops the connection, or whether "
+        "the server is overloaded.",
         "network"),
     R.TLS_CERT_EXPIRED: ReasonInfo(
         N, "server certificate has expired",
@@ -257,22 +325,28 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         "unnoticed.", "network"),
     R.TLS_HOSTNAME_MISMATCH: ReasonInfo(
         N, "server certificate does not match the host name",
-        "Check the endpoint host name and DNS; a mismatch usually means interception or the wrong host.",
+        "Check the host name and DNS of {endpoint}; a mismatch usually means interception or the wrong "
+        "host.",
         "network"),
     R.TLS_UNTRUSTED: ReasonInfo(
         N, "server certificate chain is not trusted",
-        "Install the intercepting proxy's CA on this host or configure it as ca_file for the target.",
+        "Configure the intercepting proxy's CA as ca_file for {endpoint} (defaults.https.ca_file for the "
+        "login host, tls.ca_file for a mail endpoint).",
         "network"),
     R.TLS_HANDSHAKE_FAILED: ReasonInfo(
-        N, "TLS handshake failed", "Check TLS versions/ciphers allowed by middleboxes (TLS 1.2+ required).",
+        N, "TLS handshake failed",
+        "Check the TLS versions and ciphers middleboxes allow between this host and {endpoint} (TLS 1.2+ "
+        "required).",
         "network"),
     R.PROXY_ERROR: ReasonInfo(
         N, "HTTPS proxy refused or failed the connection",
-        "Check the configured https_proxy address and that it allows CONNECT to the login endpoint.",
+        "Check defaults.https.proxy (address, credentials) and that the proxy allows CONNECT to the login "
+        "endpoint.",
         "network"),
     R.UNKNOWN: ReasonInfo(
         X, "unclassified failure",
-        "Run /probe?debug=true or `m365-mail-exporter check` for the dialogue and report it.", "index"),
+        "Report the detail shown with the exporter version; the redacted dialogue is on the exporter's /probe "
+        "page with debug=true (for a mail check) or from `--log.level debug`.", "index"),
 }
 
 # AADSTS error code -> reason. Codes from Microsoft's reference-error-codes page.
@@ -280,6 +354,8 @@ AADSTS_REASONS: dict[int, Reason] = {
     7000215: R.SECRET_INVALID,
     7000222: R.SECRET_EXPIRED,
     700027: R.CERTIFICATE_INVALID,
+    1000502: R.CERTIFICATE_EXPIRED,
+    50011: R.REDIRECT_URI_MISMATCH,
     700024: R.CLOCK_SKEW,
     65001: R.CONSENT_REQUIRED,
     700082: R.REFRESH_TOKEN_EXPIRED,
@@ -338,6 +414,10 @@ def render_markdown() -> str:
         "Every failed probe carries exactly one `reason` label from this closed set. "
         "AADSTS codes map as shown; anything unrecognised is `unknown` "
         "(see `/probe?debug=true` for the raw, redacted dialogue).",
+        "",
+        "The fixes below are templates: `<mailbox address>`, `<credential name>` and \"the endpoint\" stand "
+        "for what every real output (`check`, `/probe?debug=true`, the landing page, `login`) fills in: "
+        "the mailbox, the credential and the host:port of the failing check, ready to paste.",
         "",
     ]
     for cat in Category:

@@ -1,52 +1,166 @@
 """Redaction of secrets from any text that may reach logs, debug output or errors.
 
-Why pattern-based on top of "never log secrets": server replies and library exceptions can
-echo what we sent (SASL responses, bearer tokens, JWTs, refresh tokens). Every transcript
-line, detail string and log record passes through `redact` as a last line of defence.
-Exact known secrets (client secrets read from files) are registered with `register_secret`.
+Why by value: server replies and library exceptions can echo what we sent, whole or in part
+(Dovecot quoting part of a SASL response, a proxy echoing a token's signature segment). A rule
+about line *shapes* both misses such fragments and hides harmless lines (Postfix's capability
+line `250-AUTH XOAUTH2 OAUTHBEARER` is not a credential). So every secret the exporter holds is
+registered here when it comes into being (client secrets read from files, access and refresh
+tokens from MSAL, each segment of a JWT, the SASL XOAUTH2 response built for a probe), and
+`redact` removes every registered secret and every fragment of at least FRAGMENT chars of one.
+
+How, efficiently: each registered secret contributes sampled 8-character pieces to one hash
+index (see SecretRegistry); a text is scanned once, one slice and one lookup per character,
+independent of the number of secrets, and only real hits are extended and compared
+(bench/bench_redact.py prints the figures). The registry is bounded (MAX_SECRETS, oldest first
+out): tokens rotate hourly and a forgotten old token is no longer a credential.
+
+Shape rules remain only for things we never hold but must never show: PEM private keys,
+bearer headers, `key=value` credential parameters and JWTs from elsewhere.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+from collections import OrderedDict
+
+FRAGMENT = 16  # shortest echoed piece of a secret that is redacted (shorter ones are not a credential)
+MIN_SECRET = 6  # shorter registered values are replaced only when whole (see register_secret)
+MAX_SECRETS = 256  # registered values kept (~14 MiB at most for access-token-sized values); oldest out first
+PLACEHOLDER = "[REDACTED]"
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\x01\"']+")
-_XOAUTH2 = re.compile(r"(?i)(AUTHENTICATE\s+XOAUTH2\s+|AUTH\s+XOAUTH2\s+)\S+")
 _KV = re.compile(
     r"(?i)((?:access_token|refresh_token|id_token|client_secret|client_assertion|password|device_code|code)"
     r"[\"']?\s*[=:]\s*[\"']?)[^\s&\"',}]+"
 )
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
-# A long base64 blob on its own (e.g. the XOAUTH2 initial response sent on a line by itself).
-_B64_BLOB = re.compile(r"^[A-Za-z0-9+/=]{60,}$")
 
-_lock = threading.Lock()
-_secrets: set[str] = set()
+
+class SecretRegistry:
+    """Registered secret values and an index of sampled pieces of them (thread-safe).
+
+    Index: the KEY-char piece of each secret at every STRIDE-th offset. Any substring of a secret
+    of length >= KEY + STRIDE - 1 (= fragment) contains one of them whole, so scanning a text's
+    KEY-char windows finds every candidate; each hit is extended both ways against the secret it
+    came from, and redacted when the common run is >= fragment characters. Sampling keeps the
+    index about STRIDE times smaller than indexing every offset (bench/bench_redact.py).
+    """
+
+    KEY = 8
+
+    def __init__(self, fragment: int = FRAGMENT, max_secrets: int = MAX_SECRETS) -> None:
+        if fragment < self.KEY:
+            raise ValueError(f"fragment must be >= {self.KEY}")
+        self.fragment = fragment
+        self.stride = fragment - self.KEY + 1
+        self.max_secrets = max_secrets
+        self._lock = threading.Lock()
+        self._secrets: OrderedDict[str, None] = OrderedDict()
+        self._index: dict[str, list[tuple[str, int]]] = {}  # piece -> (secret, offset of the piece)
+        self._short: set[str] = set()  # secrets shorter than a fragment: replaced when whole
+
+    def _pieces(self, value: str) -> list[tuple[str, int]]:
+        return [(value[o:o + self.KEY], o) for o in range(0, len(value) - self.KEY + 1, self.stride)]
+
+    def register(self, value: str) -> None:
+        value = value.strip()
+        if len(value) < MIN_SECRET:
+            return
+        with self._lock:
+            if value in self._secrets:
+                self._secrets.move_to_end(value)
+                return
+            self._secrets[value] = None
+            if len(value) < self.fragment:
+                self._short.add(value)
+            else:
+                for piece, off in self._pieces(value):
+                    self._index.setdefault(piece, []).append((value, off))
+            while len(self._secrets) > self.max_secrets:
+                self._forget(self._secrets.popitem(last=False)[0])
+
+    def _forget(self, old: str) -> None:
+        if len(old) < self.fragment:
+            self._short.discard(old)
+            return
+        for piece, off in self._pieces(old):
+            entries = [e for e in self._index.get(piece, []) if e != (old, off)]
+            if entries:
+                self._index[piece] = entries
+            else:
+                self._index.pop(piece, None)
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        k, index, found = self.KEY, self._index, []
+        for i in range(len(text) - k + 1):
+            hits = index.get(text[i:i + k])
+            if not hits:
+                continue
+            for secret, off in hits:
+                left = 0
+                while i - left > 0 and off - left > 0 and text[i - left - 1] == secret[off - left - 1]:
+                    left += 1
+                right = 0
+                while (i + k + right < len(text) and off + k + right < len(secret)
+                       and text[i + k + right] == secret[off + k + right]):
+                    right += 1
+                if left + k + right >= self.fragment:
+                    found.append((i - left, i + k + right))
+        found.sort()
+        merged: list[tuple[int, int]] = []
+        for s, e in found:
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        return merged
+
+    def scrub(self, text: str) -> str:
+        """`text` with every registered secret and every >= fragment-char piece of one replaced."""
+        with self._lock:
+            spans = self._spans(text) if self._index and len(text) >= self.fragment else []
+            short = list(self._short)
+        if spans:
+            out, pos = [], 0
+            for s, e in spans:
+                out += [text[pos:s], PLACEHOLDER]
+                pos = e
+            out.append(text[pos:])
+            text = "".join(out)
+        for s in short:
+            if s in text:
+                text = text.replace(s, PLACEHOLDER)
+        return text
+
+
+REGISTRY = SecretRegistry()
 
 
 def register_secret(value: str) -> None:
-    """Remember an exact secret value (e.g. a client secret read from a file) to scrub everywhere."""
-    value = value.strip()
-    if len(value) >= 6:
-        with _lock:
-            _secrets.add(value)
+    """Remember a secret value (client secret, token, SASL response...) to scrub everywhere."""
+    REGISTRY.register(value)
+
+
+def register_token(token: str) -> None:
+    """An access/refresh/id token: the whole value and, for a JWT, each of its segments."""
+    if not token:
+        return
+    REGISTRY.register(token)
+    for segment in token.split("."):
+        REGISTRY.register(segment)
 
 
 def redact(text: str) -> str:
     if not text:
         return text
-    with _lock:
-        known = list(_secrets)
-    for s in known:
-        if s in text:
-            text = text.replace(s, "[REDACTED]")
+    text = REGISTRY.scrub(text)
     text = _PEM.sub("[REDACTED PRIVATE KEY]", text)
-    text = _XOAUTH2.sub(r"\1[REDACTED]", text)
     text = _BEARER.sub(r"\1[REDACTED]", text)
     text = _JWT.sub("[REDACTED JWT]", text)
     text = _KV.sub(r"\1[REDACTED]", text)
-    if _B64_BLOB.match(text.strip()):
-        text = "[REDACTED SASL RESPONSE]"
     return text

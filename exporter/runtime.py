@@ -150,6 +150,15 @@ class Runtime:
                 keep.add(key)
                 declared = {SECRET_PREFIX + "declared": cred.secret_expiry.timestamp()}
                 self.store.record(key, ProbeResult.ok(0.0, **declared))
+            if cred.certificate_file is not None:  # the certificate's own notAfter (exporter/certexpiry.py)
+                from .certexpiry import read_certificate_expiry
+
+                own = read_certificate_expiry(cred.certificate_file)
+                if own is not None:
+                    key = ("audit", name, "certificate")
+                    self.store.ensure(key, 86400.0, 1.0)
+                    keep.add(key)
+                    self.store.record(key, ProbeResult.ok(0.0, **{SECRET_PREFIX + own.thumbprint: own.not_after}))
         self.store.prune(keep)
         self.scheduler.set_jobs(jobs)
         self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))

@@ -18,6 +18,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
+from .fixes import fix_for_key, fix_for_mail
 from .probes.result import ProbeResult
 from .runtime import Runtime
 
@@ -49,7 +50,8 @@ class _OneResult(Collector):
         return fam
 
 
-def render_debug(mailbox: str, check: str, result: ProbeResult, credential: str | None = None) -> str:
+def render_debug(mailbox: str, check: str, result: ProbeResult, credential: str | None = None,
+                 fix: str | None = None) -> str:
     lines = [
         f"mailbox: {mailbox}",
         f"check:   {check}",
@@ -58,7 +60,7 @@ def render_debug(mailbox: str, check: str, result: ProbeResult, credential: str 
     if result.reason is not None:
         lines += [
             f"reason:  {result.reason.value} ({result.reason.summary})",
-            f"fix:     {result.reason.fix_for(mailbox=mailbox, credential=credential)}",
+            f"fix:     {fix or result.reason.fix_for(mailbox=mailbox, credential=credential)}",
         ]
     if result.detail:
         lines.append(f"detail:  {result.detail}")
@@ -88,7 +90,8 @@ async def probe(request: web.Request) -> web.Response:
     if debug:
         found = rt.config.find_mailbox(mailbox)
         cred = found.credential if found is not None else None
-        return web.Response(text=render_debug(mailbox, check, result, cred), content_type="text/plain")
+        fix = fix_for_mail(rt.config, result.reason, mailbox, check) if result.reason else None
+        return web.Response(text=render_debug(mailbox, check, result, cred, fix), content_type="text/plain")
     reg = CollectorRegistry(auto_describe=False)
     reg.register(_OneResult(result, {"mailbox": mailbox, "check": check}))
     return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -122,7 +125,7 @@ async def landing(request: web.Request) -> web.Response:
         else:
             status = "OK" if res.success else "FAILING"
             reason = res.reason.value if res.reason else ""
-            fix = res.reason.fix if res.reason else ""
+            fix = fix_for_key(rt.config, res.reason, key) if res.reason else ""
             age = f"{time.time() - res.finished_at:.0f}s ago"
         mailbox, check = key[1], key[2]
         q = f"/probe?mailbox={html.escape(mailbox)}&amp;check={check}&amp;debug=true"

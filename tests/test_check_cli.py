@@ -30,7 +30,13 @@ from tests.simenv import APP_ID, SECRET, Env, start_env
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSI = re.compile(r"\x1b\[")
-KEYS = {"stage", "target", "ok", "reason", "summary", "fix", "detail", "duration_seconds", "facts"}
+KEYS = {"stage", "target", "ok", "reason", "summary", "fix", "detail", "duration_seconds", "facts", "skipped",
+        "warning", "root_cause"}
+
+
+def unwrap(text: str) -> str:
+    """The text output with wrapping undone (words joined by single spaces)."""
+    return " ".join(text.split())
 
 
 @pytest.fixture
@@ -54,12 +60,14 @@ def write_config(tmp: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
+async def run_cli(*args: str, sub: bool = True, cwd: Path | None = None) -> tuple[int, str, str]:
+    """`m365-mail-exporter check ARGS` (or, with sub=False, `m365-mail-exporter ARGS`) as a subprocess."""
     import asyncio
 
     environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}  # piping alone must turn colour off
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exporter", "check", *args, cwd=ROOT, env={**environ, "PYTHONPATH": str(ROOT)},
+        sys.executable, "-m", "exporter", *(("check",) if sub else ()), *args, cwd=cwd or ROOT,
+        env={**environ, "PYTHONPATH": str(ROOT)},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 90)
@@ -76,7 +84,7 @@ async def test_healthy_simulator_exits_0_with_the_json_schema(env: Env, tmp_path
     code, out, err = await run_cli("--config.file", str(write_config(tmp_path, full_config(env))), "--output", "json")
     assert code == 0, (out, err)
     doc = json.loads(out)
-    assert set(doc) == {"ok", "checks"} and doc["ok"] is True
+    assert set(doc) == {"ok", "checks", "root_causes"} and doc["ok"] is True and doc["root_causes"] == []
     checks = doc["checks"]
     assert all(set(c) == KEYS for c in checks)
     assert all(c["ok"] and c["reason"] is None and c["fix"] is None for c in checks), [c for c in checks if not c["ok"]]
@@ -101,14 +109,18 @@ async def test_failing_mailbox_exits_1_names_reason_and_fix_without_ansi(env: En
     assert code == 1, (out, err)
     assert not ANSI.search(out) and not ANSI.search(err)
     lines = out.splitlines()
+    assert max(map(len, lines)) <= 80, [ln for ln in lines if len(ln) > 80]
     fail = next(i for i, ln in enumerate(lines) if "[FAIL]" in ln)
-    assert "billing@contoso.example" in lines[fail] and "5.7.139" in lines[fail]
-    assert f"reason: smtp_auth_disabled: {Reason.SMTP_AUTH_DISABLED.summary}" in lines[fail + 1]
+    assert "billing@contoso.example" in lines[fail] and "smtp_auth_disabled" in lines[fail]
+    assert lines[fail].endswith("-> problem 1")
+    block = unwrap(out.split("Problem 1:", 1)[1])
+    assert Reason.SMTP_AUTH_DISABLED.summary in block and "affects: billing@contoso.example (smtp)" in block
+    assert "5.7.139" in block
     fix = Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="billing@contoso.example")
     assert "-Identity billing@contoso.example " in fix  # the command is ready to paste
-    assert f"fix:    {fix}" in lines[fail + 2]
+    assert f"fix: {fix}" in block
     assert sum("[FAIL]" in ln for ln in lines) == 1
-    assert "1 of " in lines[-1] and "checks failed" in lines[-1]
+    assert "1 of " in unwrap(out) and "checks failed (1 root cause)" in unwrap(out)
     # headings in checklist order
     headings = [ln for ln in lines if ln in ("DNS", "TCP", "TLS", "Token acquisition", "IMAP login", "POP3 login",
                                              "SMTP login", "App registration")]
@@ -123,6 +135,9 @@ async def test_failing_mailbox_exits_1_names_reason_and_fix_without_ansi(env: En
         ("smtp", "billing@contoso.example", "smtp_auth_disabled")]
     assert failed[0]["fix"] == Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="billing@contoso.example")
     assert failed[0]["summary"] == Reason.SMTP_AUTH_DISABLED.summary
+    assert failed[0]["root_cause"] == 1 and failed[0]["skipped"] is False
+    assert [(c["id"], c["reason"], c["checks"]) for c in doc["root_causes"]] == [
+        (1, "smtp_auth_disabled", [{"stage": "smtp", "target": "billing@contoso.example"}])]
 
 
 async def test_bad_config_exits_2_with_file_and_line(tmp_path: Path) -> None:
@@ -214,7 +229,8 @@ def test_colour_only_on_a_terminal_without_no_color() -> None:
     line = CheckLine("smtp", "m@contoso.example", False, Reason.SMTP_AUTH_DISABLED, "535 5.7.139")
     assert ANSI.search(render_line(line, Style(True)))
     plain = render_line(line, Style(False))
-    assert not ANSI.search(plain) and Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="m@contoso.example") in plain
+    assert not ANSI.search(plain) and Reason.SMTP_AUTH_DISABLED.fix_for(mailbox="m@contoso.example") in unwrap(plain)
+    assert max(map(len, plain.splitlines())) <= 80
 
 
 async def test_text_on_a_terminal_has_colour_and_progress(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

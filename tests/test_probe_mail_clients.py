@@ -241,7 +241,7 @@ async def test_imap_invalid_base64_challenge(pki: PKI) -> None:
     ([b"hello there\r\n"], Reason.PROTOCOL_ERROR),
     (imap_script([IMAP_AUTH_LINE, b"A1 BAD Command Argument Error. 11\r\n"]), Reason.PROTOCOL_ERROR),
     (imap_script([IMAP_AUTH_LINE, b"* BYE Connection is closed. 13\r\n"]), Reason.SERVER_UNAVAILABLE),
-    (imap_script([IMAP_AUTH_LINE, b"A1 NO [UNAVAILABLE] Try later\r\n"]), Reason.SERVER_UNAVAILABLE),
+    (imap_script([IMAP_AUTH_LINE, b"A1 NO [UNAVAILABLE] Try later\r\n"]), Reason.SERVER_TEMPORARY_FAILURE),
     (imap_script([], caps=b"IMAP4rev1 AUTH=PLAIN SASL-IR"), Reason.XOAUTH2_NOT_OFFERED),
     (imap_script([IMAP_AUTH_LINE, b"A1 OK AUTHENTICATE completed.\r\n", Expect("A2 EXAMINE INBOX"),
                   b"A2 NO Mailbox does not exist\r\n"]), Reason.MAILBOX_NOT_ACCESSIBLE),

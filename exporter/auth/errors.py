@@ -11,6 +11,7 @@ as a broken path to the mail host; only requests' own exceptions are handled her
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import ssl
@@ -63,7 +64,26 @@ def from_observed_exception(exc: BaseException, http: MsalHttpClient) -> TokenEr
         return TokenError(Reason.IDP_UNAVAILABLE, f"HTTP {status} from the identity platform", retry_after)
     if status == 407:
         return TokenError(Reason.PROXY_ERROR, "HTTP 407 proxy authentication required")
+    if status is not None and any(isinstance(c, json.JSONDecodeError) for c in _causes(exc)):
+        # Entra always answers JSON; anything else (a sign-in page, a proxy's block page) is not Entra
+        kind = (http.last_content_type or "no content type").split(";")[0].strip()
+        return TokenError(Reason.IDP_RESPONSE_INVALID,
+                          f"HTTP {status} {kind} from the login endpoint instead of JSON: a captive portal "
+                          "or TLS-inspecting proxy answered")
     return from_exception(exc)
+
+
+# PyJWT signs the client assertion with the configured key: a truncated or non-PEM key fails there
+# ("Could not parse the provided public key." after it failed as a private key too).
+_KEY_ERRORS = ("could not parse the provided", "could not deserialize key data", "unable to load pem",
+               "bad decrypt", "password was not given but private key is encrypted", "incorrect password")
+
+
+def _is_key_error(exc: BaseException) -> bool:
+    if type(exc).__name__ == "InvalidKeyError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, ValueError | TypeError) and any(k in text for k in _KEY_ERRORS)
 
 
 def from_exception(exc: BaseException) -> TokenError:
@@ -108,6 +128,10 @@ def from_exception(exc: BaseException) -> TokenError:
         return TokenError(Reason.IDP_UNAVAILABLE, f"{name}: cannot reach the identity platform")
     if type(exc).__name__ == "MsalServiceError":
         return TokenError(Reason.IDP_UNAVAILABLE, f"identity platform error: {exc}")
+    for cause in chain:
+        if _is_key_error(cause):
+            return TokenError(Reason.PRIVATE_KEY_INVALID,
+                              f"cannot sign the client assertion with the configured private key ({name})")
     if isinstance(exc, ValueError) and "authority" in str(exc).lower():
         return TokenError(Reason.TENANT_NOT_FOUND, f"authority rejected: {exc}")
     return TokenError(Reason.UNKNOWN, f"{name}: {exc}")

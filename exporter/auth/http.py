@@ -32,12 +32,14 @@ class MsalHttpClient:
         self.token_requests = 0
         self.last_status: int | None = None
         self.last_retry_after: float | None = None
+        self.last_content_type: str | None = None  # a 200 text/html is a portal or proxy, not Entra
 
     def _observe(self, url: str, method: str, resp: requests.Response) -> requests.Response:
         with self._lock:
             if method == "POST" and url.rstrip("/").endswith("/token"):
                 self.token_requests += 1
             self.last_status = resp.status_code
+            self.last_content_type = resp.headers.get("Content-Type")
             ra = resp.headers.get("Retry-After")
             try:
                 self.last_retry_after = float(ra) if ra is not None else None
@@ -59,6 +61,7 @@ class MsalHttpClient:
         with self._lock:
             self.last_status = None
             self.last_retry_after = None
+            self.last_content_type = None
 
     def close(self) -> None:
         self.session.close()

@@ -31,7 +31,7 @@ import msal
 from ..clouds import APP_ROLE, DELEGATED_SCOPE
 from ..config import Config, Credential
 from ..reasons import Reason
-from ..redact import register_secret
+from ..redact import register_secret, register_token
 from .cache import CacheCorrupt, CacheMissing, load_cache, save_cache, warn_if_exposed
 from .claims import decode_claims, token_identity, token_permissions
 from .errors import TokenError, from_exception, from_msal_result, from_observed_exception
@@ -242,6 +242,8 @@ class TokenProvider:
         from_idp = self.http.token_requests > before or result.get("token_source") == "identity_provider"
         now = time.time()
         access_token = result["access_token"]
+        for kind in ("access_token", "refresh_token", "id_token"):  # redacted wherever echoed
+            register_token(str(result.get(kind) or ""))
         claims = decode_claims(access_token) or {}
         exp = claims.get("exp")
         expires_at = float(exp) if isinstance(exp, int | float) else now + float(result.get("expires_in", 3600))

@@ -32,11 +32,20 @@ SASL_PLACEHOLDER = "[REDACTED SASL RESPONSE]"
 
 # Reply classification, first match wins; anything unmatched is PROTOCOL_ERROR.
 # status: tagged NO/BAD, untagged BYE, or "+" (an unexpected continuation).
+# RFC 5530 response codes decide before status/step rules: they are the server telling us why.
+def _code(*names: str) -> str:
+    """The reply carries one of these RFC 5530 response codes right after its status."""
+    return r"^\S+\s+(?:OK|NO|BAD|BYE)\s+\[(?:" + "|".join(names) + r")[\] ]"
+
+
 IMAP_RULES = (
     # Exchange Online's false success: AUTHENTICATE OK, then the next command says this.
     rule(Reason.MAILBOX_NOT_ACCESSIBLE, None, r"authenticated but not connected"),
+    rule(Reason.SERVER_TEMPORARY_FAILURE, None, _code("UNAVAILABLE")),  # a subsystem is down, retry
+    rule(Reason.AUTH_FAILED, None, _code("AUTHENTICATIONFAILED", "EXPIRED")),
+    rule(Reason.MAILBOX_NOT_ACCESSIBLE, None, _code("AUTHORIZATIONFAILED")),  # not allowed as user=
+    rule(Reason.MAILBOX_IN_USE, None, _code("INUSE", "LIMIT")),
     rule(Reason.SERVER_UNAVAILABLE, "BYE"),
-    rule(Reason.SERVER_UNAVAILABLE, "NO", r"\[UNAVAILABLE\]"),  # RFC 5530 response code
     rule(Reason.AUTH_FAILED, "NO", steps={"authenticate"}),  # Exchange: "NO AUTHENTICATE failed."
     rule(Reason.PROTOCOL_ERROR, "BAD", steps={"authenticate"}),
     rule(Reason.MAILBOX_NOT_ACCESSIBLE, "NO", steps={"examine"}),
@@ -140,7 +149,7 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
             reply = await _read_reply(conn, "A1")
     if reply.status == "+":
         # error challenge after our response: acknowledge with an empty line, expect NO
-        challenge = describe_challenge(reply.text)
+        challenge = describe_challenge(conn.last_raw[1:])  # the "+ <b64>" line, unscrubbed
         conn.transcript.note(challenge)
         await conn.send("")
         reply = await _read_reply(conn, "A1")
@@ -148,7 +157,7 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
             raise conn.fail(Reason.PROTOCOL_ERROR,
                             f"after the error challenge the server said {reply.text[:120]}")
         reason = classify_reply(IMAP_RULES, conn.step, reply.status, reply.text)
-        if reason is not Reason.SERVER_UNAVAILABLE:
+        if reason is Reason.PROTOCOL_ERROR:  # a refusal after the challenge is the login failing
             reason = Reason.AUTH_FAILED
         raise conn.fail(reason, f"{reply.text} ({challenge})")
     if reply.status != "OK":

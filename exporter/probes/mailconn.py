@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from ..config import Endpoint
 from ..reasons import Reason
+from ..redact import SecretRegistry
 from . import neterrors
 from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
 from .result import ProbeResult, Transcript
@@ -63,6 +64,8 @@ _POLITE_AFTER = frozenset({
     Reason.XOAUTH2_NOT_OFFERED,
     Reason.STARTTLS_UNAVAILABLE,
     Reason.MAILBOX_NOT_ACCESSIBLE,
+    Reason.SERVER_TEMPORARY_FAILURE,
+    Reason.MAILBOX_IN_USE,
 })
 
 
@@ -134,19 +137,23 @@ class MailConnection:
         self.step_timeout = step_timeout
         self.step = "resolve"
         self.healthy = False  # an orderly session exists (greeting seen, no IO failure since)
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._secrets = SecretRegistry(max_secrets=8)  # this probe's token and SASL response
+        for s in secrets:
+            self._secrets.register(s)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lines: LineReader | None = None
         self.tls_version: str | None = None
+        # The last line as received, before scrubbing: only for decoding a server's error challenge
+        # (describe_challenge keeps a few safe fields), since the scrub may mask base64 that merely
+        # coincides with a token's public claims (e.g. the same scope URL). Never shown or logged.
+        self.last_raw = ""
 
     # -- secrets -------------------------------------------------------------------------
     def scrub(self, text: str) -> str:
-        """Remove our own secrets (token, SASL string) should a server echo them back."""
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "[REDACTED]")
-        return text
+        """Remove our own secrets (token, SASL string), and any >= 16-char piece of them, should a
+        server echo them back (whole or in part)."""
+        return self._secrets.scrub(text)
 
     # -- connect -------------------------------------------------------------------------
     async def connect(self, *, tls: bool) -> None:
@@ -232,7 +239,8 @@ class MailConnection:
             self.healthy = False
             self.transcript.note(exc.detail)
             raise
-        text = self.scrub(decode_line(raw))
+        self.last_raw = decode_line(raw)
+        text = self.scrub(self.last_raw)
         self.transcript.server(text)
         return text
 

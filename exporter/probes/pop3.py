@@ -26,14 +26,25 @@ SASL_PLACEHOLDER = "[REDACTED SASL RESPONSE]"
 
 # Reply classification for -ERR replies, first match wins; anything unmatched is PROTOCOL_ERROR.
 # Steps: greeting, capa, auth start (after "AUTH XOAUTH2"), authenticate (after the response), stat.
+# RFC 2449 / RFC 3206 response codes decide first: Dovecot says "-ERR [SYS/TEMP] Temporary
+# authentication failure." when its token validation is down, which is not the credentials.
+def _code(*names: str) -> str:
+    """The -ERR reply starts with one of these RFC 2449 response codes."""
+    return r"^-ERR\s+\[(?:" + "|".join(names) + r")[\]/ ]"
+
+
 POP3_RULES = (
+    rule(Reason.SERVER_TEMPORARY_FAILURE, "-ERR", _code("SYS/TEMP")),
+    rule(Reason.SERVER_UNAVAILABLE, "-ERR", _code("SYS/PERM", "SYS")),
+    rule(Reason.MAILBOX_IN_USE, "-ERR", _code("IN-USE", "LOGIN-DELAY")),
+    rule(Reason.AUTH_FAILED, "-ERR", _code("AUTH")),
     rule(Reason.SERVER_UNAVAILABLE, "-ERR", steps={"greeting"}),
     rule(Reason.XOAUTH2_NOT_OFFERED, "-ERR",
          r"unrecogni[sz]ed|unsupported|not supported|unknown (authentication|auth|mechanism)",
          steps={"auth start"}),
     rule(Reason.AUTH_FAILED, "-ERR", r"authentication fail"),  # Exchange's XOAUTH2 failure
     rule(Reason.PROTOCOL_ERROR, "-ERR", r"protocol error"),  # Exchange: one-line AUTH form
-    rule(Reason.SERVER_UNAVAILABLE, "-ERR", r"unavailable|try again later|\[SYS/TEMP\]|\[IN-USE\]"),
+    rule(Reason.SERVER_UNAVAILABLE, "-ERR", r"unavailable|try again later"),
     rule(Reason.AUTH_FAILED, "-ERR", steps={"auth start", "authenticate"}),
     rule(Reason.MAILBOX_NOT_ACCESSIBLE, "-ERR", steps={"stat"}),
 )
@@ -105,14 +116,14 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
     line = await conn.readline()
     status = _status(line)
     if status == "+":
-        challenge = describe_challenge(line[1:])
+        challenge = describe_challenge(conn.last_raw[1:])  # the "+ <b64>" line, unscrubbed
         conn.transcript.note(challenge)
         await conn.send("")
         final = await conn.readline()
         if _status(final) != "-ERR":
             raise conn.fail(Reason.PROTOCOL_ERROR, f"after the error challenge the server said {final[:120]}")
         reason = classify_reply(POP3_RULES, conn.step, "-ERR", final)
-        if reason is not Reason.SERVER_UNAVAILABLE:
+        if reason is Reason.PROTOCOL_ERROR:  # a refusal after the challenge is the login failing
             reason = Reason.AUTH_FAILED
         raise conn.fail(reason, f"{final} ({challenge})")
     if status != "+OK":

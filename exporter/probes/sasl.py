@@ -16,6 +16,7 @@ import json
 import re
 
 from ..reasons import Reason
+from ..redact import register_token
 from .lineio import ProbeFailure
 
 MAX_CHALLENGE_CHARS = 4096  # base64 characters we are willing to decode
@@ -31,7 +32,10 @@ def xoauth2_raw(user: str, token: str) -> bytes:
 
 
 def xoauth2_b64(user: str, token: str) -> str:
-    """The base64 XOAUTH2 initial response as sent on the wire (a secret: never log it)."""
+    """The base64 XOAUTH2 initial response as sent on the wire (a secret: never log it).
+    The token is registered for redaction everywhere; the response itself is scrubbed, fragments
+    included, by the probe's MailConnection (it lives for one connection)."""
+    register_token(token)
     return base64.b64encode(xoauth2_raw(user, token)).decode("ascii")
 
 

@@ -43,7 +43,7 @@ SMTP_RULES = (
     rule(Reason.INVALID_USER, "501", r"\b5\.5\.124\b"),  # Invalid XOAUTH2 auth data - User address
     rule(Reason.AUTH_FAILED, None, r"\b5\.7\.30\b"),  # basic authentication is not supported
     rule(Reason.XOAUTH2_NOT_OFFERED, "504"),  # 504 5.7.4 Unrecognized authentication type
-    rule(Reason.SERVER_UNAVAILABLE, "454", steps={"authenticate"}),  # 4.7.0 temporary auth failure
+    rule(Reason.SERVER_TEMPORARY_FAILURE, "454", steps={"authenticate"}),  # 4.7.0 temporary auth failure
     rule(Reason.AUTH_FAILED, "535"),  # any other 535: RFC 4954 "credentials invalid"
 )
 
@@ -143,7 +143,7 @@ async def _session(conn: MailConnection, user: str, token: str, ehlo_name: str,
     sasl = initial_response(user, token)
     reply = await _command(conn, f"AUTH XOAUTH2 {sasl}", shown="AUTH XOAUTH2 [REDACTED]")
     if reply.code == "334":
-        challenge = describe_challenge(" ".join(reply.lines))
+        challenge = describe_challenge(conn.last_raw[4:])  # the final "334 <b64>" line, unscrubbed
         conn.transcript.note(challenge)
         reply = await _command(conn, "")
         if reply.code in ("334", "235"):

@@ -43,6 +43,13 @@ AADSTS_ERRORS: dict[int, AadError] = {
         "create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
         "credentials for added security: https://aka.ms/certCreds."),
     700027: AadError(401, "invalid_client", "{detail}"),
+    1000502: AadError(401, "invalid_client",
+        "Client assertion contains a certificate that is not within its specified validity window: the "
+        "certificate registered for app '{client_id}' has expired. Upload a new certificate."),
+    50011: AadError(400, "invalid_request",
+        "The redirect URI specified in the request does not match the redirect URIs configured for the "
+        "application '{client_id}'. Make sure the redirect URI sent in the request matches one added to your "
+        "application in the Azure portal."),
     700024: AadError(401, "invalid_client",
         "Client assertion is not within its valid time range. Current time: {now}, assertion valid from "
         "{nbf}, expiry time of assertion {exp}. Review the documentation at "

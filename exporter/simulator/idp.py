@@ -273,6 +273,9 @@ class IdentityServer:
                 client_id=client_id, upn=upn or "unknown", scope=form.get("scope", ""),
                 app_name=app.display_name if app else "unknown",
             )
+        if fault.html:  # what a captive portal or TLS-inspecting proxy sends instead of Entra's JSON
+            return web.Response(status=200, text="<html><body><h1>Sign in to continue</h1></body></html>",
+                                content_type="text/html")
         if fault.status is not None:
             return self._status_fault(request, fault.status, fault.retry_after)
 
@@ -547,6 +550,9 @@ class IdentityServer:
             return self._error(request, 900144, parameter="client_id")
         if client_id not in self.state.apps:
             return self._error(request, 700016, client_id=client_id)
+        dc_status = self.state.fault_for(client_id).devicecode_status
+        if dc_status is not None:  # e.g. a 503 from a front end: plain text, no OAuth JSON
+            return web.Response(status=dc_status, text="Service Unavailable", content_type="text/plain")
         try:
             resource, names = self._parse_scopes(form.get("scope", ""))
         except _ScopeError as exc:

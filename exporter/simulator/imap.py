@@ -21,7 +21,7 @@ import zlib
 
 from .mailserver import Connection, MailServer
 from .state import SimMailbox
-from .xoauth2 import AuthResult, Outcome, authorize
+from .xoauth2 import AuthResult, Outcome, authorize, fault_reply
 
 CAPABILITIES = (
     "IMAP4",
@@ -147,6 +147,9 @@ class ImapServer(MailServer):
             await conn.send(f"{tag} {AUTH_FAILED}")
             return None
         result = authorize(self.state, self.minter, self.protocol, "" if response == "=" else response)
+        if self.fault.auth_reply is not None:
+            await conn.send(f"{tag} {fault_reply(self.fault.auth_reply, response, self.fault.echo_secret)}")
+            return None
         if result.outcome.ok or result.outcome in FALSE_SUCCESS:
             await conn.send(f"{tag} {AUTH_OK}")
             return result

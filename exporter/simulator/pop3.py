@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .imap import failure_challenge
 from .mailserver import Connection, MailServer
-from .xoauth2 import AuthResult, authorize
+from .xoauth2 import AuthResult, authorize, fault_reply
 
 MESSAGE_SIZE = 2048  # octets per simulated message (STAT/LIST)
 
@@ -107,6 +107,9 @@ class Pop3Server(MailServer):
             await conn.send(AUTH_FAILED)
             return None
         result = authorize(self.state, self.minter, self.protocol, response)
+        if self.fault.auth_reply is not None:
+            await conn.send(fault_reply(self.fault.auth_reply, response, self.fault.echo_secret))
+            return None
         if result.outcome.ok:
             await conn.send(AUTH_OK)
             return result

@@ -20,7 +20,7 @@ import uuid
 
 from .imap import failure_challenge
 from .mailserver import Connection, MailServer
-from .xoauth2 import AuthResult, Outcome, authorize
+from .xoauth2 import AuthResult, Outcome, authorize, fault_reply
 
 MAX_DATA = 10 * 1024 * 1024  # bytes of DATA read before 552
 
@@ -87,7 +87,7 @@ class SmtpServer(MailServer):
         if not conn.tls and not fault.no_starttls:
             lines.append("STARTTLS")
         if conn.tls:
-            lines.append("AUTH LOGIN" if fault.no_xoauth2 else "AUTH LOGIN XOAUTH2")
+            lines.append(fault.ehlo_auth or ("AUTH LOGIN" if fault.no_xoauth2 else "AUTH LOGIN XOAUTH2"))
         lines += ["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"]
         return [f"250-{x}" for x in lines[:-1]] + [f"250 {lines[-1]}"]
 
@@ -197,6 +197,9 @@ class SmtpServer(MailServer):
                 await conn.send("501 5.0.0 Authentication aborted")
                 return None
         result = authorize(self.state, self.minter, self.protocol, "" if response == "=" else response)
+        if self.fault.auth_reply is not None:
+            await conn.send(fault_reply(self.fault.auth_reply, response, self.fault.echo_secret))
+            return None
         if result.outcome.ok:
             await conn.send(AUTH_OK)
             return result

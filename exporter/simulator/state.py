@@ -27,6 +27,8 @@ class TokenFault:
     wrong_user: str | None = None  # delegated: issue the token for this UPN instead
     missing_scopes: list[str] = field(default_factory=list)  # drop these scp/roles from tokens
     lifetime: int | None = None  # expires_in seconds (short lifetimes)
+    html: bool = False  # token endpoint answers 200 text/html (captive portal / TLS-inspecting proxy)
+    devicecode_status: int | None = None  # device-code endpoint answers this status with a text/plain body
 
 
 @dataclass
@@ -83,6 +85,11 @@ class ServerFault:
     unavailable: bool = False  # IMAP BYE / POP -ERR / SMTP 421 on connect
     cert: str = "server"  # TLS certificate presented: server | expired | wrong_host
     challenge_on_failure: bool = False  # Gmail style: failed XOAUTH2 -> "+ <b64 JSON>", empty line, then NO
+    # verbatim final reply to the XOAUTH2 response (IMAP: after the tag), e.g. Dovecot's
+    # "-ERR [SYS/TEMP] Temporary authentication failure." when its token validation is down
+    auth_reply: str | None = None
+    echo_secret: bool = False  # auth_reply quotes pieces of the SASL response and the token's signature
+    ehlo_auth: str | None = None  # SMTP: the AUTH capability after STARTTLS, e.g. "AUTH XOAUTH2 OAUTHBEARER"
 
 
 @dataclass

@@ -95,6 +95,17 @@ def decode(response: str | bytes) -> tuple[str, str] | Outcome:
     return fields["user"], token.strip()
 
 
+def fault_reply(text: str, response: str, echo: bool) -> str:
+    """A scripted failure reply; with `echo`, quoting a 40-char piece of the client's SASL
+    response and of its token's signature segment, as a careless server might (redaction tests)."""
+    if not echo:
+        return text
+    decoded = decode(response)
+    token = decoded[1] if isinstance(decoded, tuple) else ""
+    signature = token.rsplit(".", 1)[-1] if token.count(".") == 2 else ""
+    return f"{text} (saw {response[10:50]} sig {signature[5:45]})"
+
+
 def encode(user: str, token: str) -> str:
     """The base64 XOAUTH2 response a client sends (for tests and the demo)."""
     return base64.b64encode(f"user={user}\x01auth=Bearer {token}\x01\x01".encode()).decode()
