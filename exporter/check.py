@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from typing import TextIO
 from . import __version__
 from .checklist import STAGE_TITLES, CheckLine, Checklist
 from .config import Config, ConfigError, load_config
+from .tasks import cancel_and_wait
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = "config/m365-mail-exporter.yml"
@@ -132,9 +132,7 @@ class Progress:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], 1.0)
             self._task = None
         self.clear()
 

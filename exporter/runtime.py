@@ -37,6 +37,7 @@ from .store import Key, ResultStore
 
 log = logging.getLogger(__name__)
 
+RETIRE_WAIT = 5.0  # reload waits at most this long for cancelled probe tasks to end
 MailProbe = Callable[[Endpoint, str, str, float], Awaitable[ProbeResult]]
 
 
@@ -202,8 +203,11 @@ class Runtime:
         t0 = time.monotonic()
         facts: dict[str, float | str] = {}
         try:
-            tok = await provider.refresh()
-        except TokenError as err:
+            async with asyncio.timeout(self.config.defaults.timeout):
+                tok = await provider.refresh()  # a slow IdP: this probe ends, the acquisition carries on
+        except (TokenError, TimeoutError) as exc:
+            err = exc if isinstance(exc, TokenError) else TokenError(
+                Reason.TIMEOUT, "no answer from the identity platform within the timeout")
             current = provider.current
             if current is not None:
                 facts[F_EXPIRY] = current.expires_at
@@ -322,6 +326,11 @@ class Runtime:
                 log.error("config reload failed, keeping the running config: %s", err)
                 return False, str(err)
             self.apply(config)
+            # the replaced jobs' tasks were cancelled: wait (bounded) until they ended, so a
+            # reload storm cannot pile up copies; their replacements wait for them regardless
+            if not await self.scheduler.settle(RETIRE_WAIT):
+                log.warning("config reloaded but %d cancelled probe task(s) are still ending",
+                            self.scheduler.retiring)
             self.store.set_fact("m365_config_last_reload_successful", 1.0)
             self.store.set_fact("m365_config_last_reload_success_timestamp_seconds", time.time())
             log.info("config reloaded: %d mailboxes, %d credentials", len(config.mailboxes), len(config.credentials))

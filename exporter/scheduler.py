@@ -5,7 +5,11 @@ Why these rules:
   interval and keeps each job's timing stable across restarts; a little random jitter
   avoids lock-step with other exporters. The first run of every job happens within a
   short start-up window so the exporter is ready quickly.
-- One task per job, awaiting its own probe: a job never overlaps itself.
+- One task per job, awaiting its own probe: a job never overlaps itself. A reload that
+  changes a job cancels its task and starts the replacement, which waits until every
+  retired task of the same key has ended before its first probe (re-cancelling a straggler
+  after a bound and logging it), so a reload storm can never leave two copies probing.
+  `settle()` lets a reload wait (bounded) until the retired tasks are gone.
 - A semaphore bounds concurrent probes; the time spent waiting for a slot is recorded so
   saturation is visible. Every probe runs under `asyncio.timeout`, so a tarpit server costs
   one slot for at most the timeout.
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 
 STARTUP_SPREAD = 5.0  # seconds over which first runs are spread
 JITTER = 0.02  # +-2% of the interval
+RETIRE_GRACE = 5.0  # a cancelled job task still running after its timeout + this is re-cancelled and logged
+STOP_TIMEOUT = 10.0  # stop() waits at most this long for cancelled tasks
 
 
 @dataclass(eq=False)
@@ -47,6 +53,8 @@ class Scheduler:
         self.concurrency = concurrency
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: dict[tuple[str, ...], tuple[Job, asyncio.Task[None]]] = {}
+        # cancelled tasks of replaced/removed jobs that have not ended yet, by job key
+        self._retiring: dict[tuple[str, ...], set[asyncio.Task[None]]] = {}
         self._on_wait = on_wait
         self._stopping = False
 
@@ -55,18 +63,59 @@ class Scheduler:
         return [job for job, _ in self._tasks.values()]
 
     def set_jobs(self, jobs: list[Job]) -> None:
-        """Replace the job set: unchanged jobs keep running; removed ones stop; new ones start."""
+        """Replace the job set: unchanged jobs keep running; removed ones stop; new ones start.
+
+        A replaced or removed job's task is cancelled and kept as retiring until it ended; a
+        replacement never probes before its predecessors ended (see module doc)."""
         wanted = {j.key: j for j in jobs}
         for key, (job, task) in list(self._tasks.items()):
             new = wanted.get(key)
             if new is None or (new.signature, new.interval, new.timeout) != (job.signature, job.interval, job.timeout):
-                task.cancel()
+                self._retire(key, task)
                 del self._tasks[key]
             else:
                 job.run = new.run  # pick up the new closure (e.g. a new provider) without re-phasing
         for key, job in wanted.items():
             if key not in self._tasks:
-                self._tasks[key] = (job, asyncio.create_task(self._loop(job), name="probe:" + "/".join(key)))
+                predecessors = set(self._retiring.get(key, ()))
+                task = asyncio.create_task(self._loop(job, predecessors), name="probe:" + "/".join(key))
+                self._tasks[key] = (job, task)
+
+    def _retire(self, key: tuple[str, ...], task: asyncio.Task[None]) -> None:
+        task.cancel()
+        if task.done():
+            return
+        self._retiring.setdefault(key, set()).add(task)
+        task.add_done_callback(lambda t: self._retired(key, t))
+
+    def _retired(self, key: tuple[str, ...], task: asyncio.Task[None]) -> None:
+        bucket = self._retiring.get(key)
+        if bucket is not None:
+            bucket.discard(task)
+            if not bucket:
+                del self._retiring[key]
+
+    @property
+    def retiring(self) -> int:
+        """Cancelled job tasks that have not ended yet."""
+        return sum(len(b) for b in self._retiring.values())
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to `timeout` for every retired task to end; True when none is left."""
+        tasks = [t for b in self._retiring.values() for t in b]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return self.retiring == 0
+
+    async def _await_predecessors(self, job: Job, tasks: set[asyncio.Task[None]]) -> None:
+        pending = {t for t in tasks if not t.done()}
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=job.timeout + RETIRE_GRACE)
+            if pending:
+                log.error("job %s: its previous task ignores cancellation; not starting a second copy",
+                          "/".join(job.key))
+                for t in pending:
+                    t.cancel()
 
     async def run_now(self, job: Job) -> None:
         await self._run_once(job)
@@ -76,7 +125,9 @@ class Scheduler:
         """The global concurrency limit, for on-demand probes (GET /probe) to share."""
         return self._sem
 
-    async def _loop(self, job: Job) -> None:
+    async def _loop(self, job: Job, predecessors: set[asyncio.Task[None]] | None = None) -> None:
+        if predecessors:
+            await self._await_predecessors(job, predecessors)
         origin = time.monotonic() + job.phase * job.interval  # this job's slot on its interval grid
         await asyncio.sleep(job.phase * min(job.interval, STARTUP_SPREAD))
         while not self._stopping:
@@ -103,9 +154,13 @@ class Scheduler:
                 log.exception("probe %s crashed", "/".join(job.key))
 
     async def stop(self) -> None:
+        """Cancel every job task and wait (bounded) until they ended."""
         self._stopping = True
-        tasks = [t for _, t in self._tasks.values()]
+        tasks = [t for _, t in self._tasks.values()] + [t for b in self._retiring.values() for t in b]
+        self._tasks.clear()
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            if pending:
+                log.error("%d probe task(s) did not stop within %.0f s", len(pending), STOP_TIMEOUT)

@@ -10,7 +10,6 @@ through the simulator's admin API (`/_sim/...` on the identity server, see docs/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import random
@@ -20,6 +19,7 @@ from typing import Any
 from cryptography import x509
 
 from ..config import Config
+from ..tasks import cancel_and_wait
 from . import Simulator
 from .seed import make_app_certificate
 from .state import SimApp, SimMailbox, SimState, SimUser
@@ -167,8 +167,6 @@ class Demo:
 
     async def close(self) -> None:
         if self._drift is not None:
-            self._drift.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drift
+            await cancel_and_wait([self._drift], 1.0)
         if self.sim is not None:
             await self.sim.close()
