@@ -89,6 +89,7 @@ def demo_config(sim: Simulator, files: dict[str, Path], interval: float, token_i
                 "smtp": {"host": DEMO_HOST, "port": sim.smtp_port, "tls": tls},
             },
         },
+        "unsafe_allow_short_intervals": True,  # the demo probes every few seconds, against loopback only
         "credentials": {
             "ece-app": {"tenant_id": sim.state.tenant_id, "client_id": DEMO_APP_CLIENT_ID,
                         "client_secret_file": str(files["secret"]), "graph_audit": True,
