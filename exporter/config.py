@@ -239,7 +239,8 @@ class Config(_Model):
         host = own.host or dflt.host or getattr(cloud, f"{check}_host")
         port = own.port or dflt.port or DEFAULT_PORTS[check]
         tls = own.tls or dflt.tls or self.defaults.tls
-        return Endpoint(host=host, port=port, tls=tls, starttls=(check == "smtp"))
+        return Endpoint(host=host, port=port, tls=tls, starttls=(check == "smtp"),
+                        resolvers=tuple(self.defaults.dns.resolvers))
 
     def mailbox_interval(self, mailbox: Mailbox) -> float:
         return mailbox.interval or self.defaults.interval
@@ -256,6 +257,7 @@ class Endpoint:
     port: int
     tls: TLSSettings
     starttls: bool = False  # SMTP 587: TLS after EHLO/STARTTLS
+    resolvers: tuple[str, ...] = ()  # defaults.dns.resolvers: empty = the system resolver
 
 
 # --------------------------------------------------------------------------- loading

@@ -66,7 +66,8 @@ def provider_signature(config: Config, name: str, checks: set[str]) -> tuple[obj
     """Everything a provider depends on: unchanged signature = keep the provider (and its token)."""
     cred = config.credentials[name]
     d = config.defaults
-    return (cred, config.authority_host(cred), d.https, d.timeout, d.token_interval, d.cloud, frozenset(checks))
+    return (cred, config.authority_host(cred), d.https, d.dns, d.timeout, d.token_interval, d.cloud,
+            frozenset(checks))
 
 
 @dataclass

@@ -150,7 +150,8 @@ class TokenProvider:
         self.authority = f"{config.authority_host(cred)}/{cred.tenant_id}"
         self.custom_authority = config.authority_host(cred) != self.cloud.authority_host
         https = config.defaults.https
-        self.http = MsalHttpClient(https.ca_file, https.proxy, config.defaults.timeout)
+        self.http = MsalHttpClient(https.ca_file, https.proxy, config.defaults.timeout,
+                                   tuple(config.defaults.dns.resolvers))
         self.failure_backoff = min(60.0, config.defaults.token_interval)
         self._http_cache: dict[Any, Any] = {}
         self._app: msal.ClientApplication | None = None
