@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from exporter import scheduler as sched
 from exporter.reasons import Reason
 from exporter.runtime import MailTarget, Runtime
 from exporter.simulator.state import TokenFault
@@ -52,7 +54,9 @@ def live_probe_tasks() -> collections.Counter[str]:
                                if t.get_name().startswith("probe:") and not t.done())
 
 
-async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(env: Env, tmp_path: Path) -> None:
+async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
+        env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sched, "STARTUP_SPREAD", 0.3)  # first runs land inside the storm, mid-acquisition
     slow_idp(env)
     path = tmp_path / "storm.yml"
     path.write_text(yaml.safe_dump(storm_config(env, 1)))

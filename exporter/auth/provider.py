@@ -199,6 +199,11 @@ class TokenProvider:
         return await self._single_flight(force=True)
 
     def close(self) -> None:
+        """Retire this provider (reload replaced it, or stop): its queued acquisition is
+        dropped, so abandoned providers never pile up work in the MSAL thread pool or hit
+        the identity platform after a reload storm; one already running ends by its timeout."""
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
         self.http.close()
 
     # ------------------------------------------------------------------ internals
@@ -221,8 +226,8 @@ class TokenProvider:
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if task.cancelled() and me is not None and not me.cancelling():
-                # the acquisition itself was abandoned (event loop shutting down), not this caller
-                raise TokenError(Reason.UNKNOWN, "token acquisition was abandoned") from None
+                # the acquisition itself was abandoned (provider retired by a reload), not this caller
+                raise TokenError(Reason.UNKNOWN, "token acquisition abandoned: the credential was reloaded") from None
             raise
 
     async def _acquire(self, force: bool) -> TokenInfo:
