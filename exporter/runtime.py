@@ -66,8 +66,8 @@ def provider_signature(config: Config, name: str, checks: set[str]) -> tuple[obj
     """Everything a provider depends on: unchanged signature = keep the provider (and its token)."""
     cred = config.credentials[name]
     d = config.defaults
-    return (cred, config.authority_host(cred), d.https, d.dns, d.timeout, d.token_interval, d.cloud,
-            frozenset(checks))
+    # not token_interval: a reload that only changes it keeps the provider and its cached token
+    return (cred, config.authority_host(cred), d.https, d.dns, d.timeout, d.cloud, frozenset(checks))
 
 
 @dataclass
@@ -120,6 +120,7 @@ class Runtime:
             sig = provider_signature(config, name, checks[name])
             if self._signatures.get(name) == sig:
                 new_providers[name] = self.providers[name]
+                new_providers[name].failure_backoff = min(60.0, config.defaults.token_interval)
             else:
                 new_providers[name] = TokenProvider(name, config.credentials[name], config, checks[name])
             new_sigs[name] = sig

@@ -9,7 +9,9 @@ Why these rules:
   changes a job cancels its task and starts the replacement, which waits until every
   retired task of the same key has ended before its first probe (re-cancelling a straggler
   after a bound and logging it), so a reload storm can never leave two copies probing.
-  `settle()` lets a reload wait (bounded) until the retired tasks are gone.
+  `settle()` lets a reload wait (bounded) until the retired tasks are gone. A replacement
+  also keeps its predecessor's rhythm: its first probe is due one (new) interval after the
+  predecessor's last one, so reloads never add logins or token requests.
 - A semaphore bounds concurrent probes; the time spent waiting for a slot is recorded so
   saturation is visible. Every probe runs under `asyncio.timeout`, so a tarpit server costs
   one slot for at most the timeout.
@@ -55,6 +57,7 @@ class Scheduler:
         self._tasks: dict[tuple[str, ...], tuple[Job, asyncio.Task[None]]] = {}
         # cancelled tasks of replaced/removed jobs that have not ended yet, by job key
         self._retiring: dict[tuple[str, ...], set[asyncio.Task[None]]] = {}
+        self._last_start: dict[tuple[str, ...], float] = {}  # monotonic start of each job's last probe
         self._on_wait = on_wait
         self._stopping = False
 
@@ -75,10 +78,13 @@ class Scheduler:
                 del self._tasks[key]
             else:
                 job.run = new.run  # pick up the new closure (e.g. a new provider) without re-phasing
+        for key in [k for k in self._last_start if k not in wanted]:
+            del self._last_start[key]
         for key, job in wanted.items():
             if key not in self._tasks:
                 predecessors = set(self._retiring.get(key, ()))
-                task = asyncio.create_task(self._loop(job, predecessors), name="probe:" + "/".join(key))
+                task = asyncio.create_task(self._loop(job, predecessors, self._last_start.get(key)),
+                                           name="probe:" + "/".join(key))
                 self._tasks[key] = (job, task)
 
     def _retire(self, key: tuple[str, ...], task: asyncio.Task[None]) -> None:
@@ -107,7 +113,8 @@ class Scheduler:
             await asyncio.wait(tasks, timeout=timeout)
         return self.retiring == 0
 
-    async def _await_predecessors(self, job: Job, tasks: set[asyncio.Task[None]]) -> None:
+    async def _await_predecessors(self, job: Job, tasks: set[asyncio.Task[None]], last_start: float | None) -> None:
+        """Before a replacement's first probe: its predecessors ended, and its next run is due."""
         pending = {t for t in tasks if not t.done()}
         while pending:
             _, pending = await asyncio.wait(pending, timeout=job.timeout + RETIRE_GRACE)
@@ -116,6 +123,9 @@ class Scheduler:
                           "/".join(job.key))
                 for t in pending:
                     t.cancel()
+        if last_start is not None:  # keep the rhythm: due one interval after the last probe
+            spread = job.phase * min(job.interval, STARTUP_SPREAD)  # the loop still adds its start-up delay
+            await asyncio.sleep(max(0.0, last_start + job.interval * (1 - JITTER) - spread - time.monotonic()))
 
     async def run_now(self, job: Job) -> None:
         await self._run_once(job)
@@ -125,9 +135,10 @@ class Scheduler:
         """The global concurrency limit, for on-demand probes (GET /probe) to share."""
         return self._sem
 
-    async def _loop(self, job: Job, predecessors: set[asyncio.Task[None]] | None = None) -> None:
-        if predecessors:
-            await self._await_predecessors(job, predecessors)
+    async def _loop(self, job: Job, predecessors: set[asyncio.Task[None]] | None = None,
+                    last_start: float | None = None) -> None:
+        if predecessors or last_start is not None:
+            await self._await_predecessors(job, predecessors or set(), last_start)
         origin = time.monotonic() + job.phase * job.interval  # this job's slot on its interval grid
         await asyncio.sleep(job.phase * min(job.interval, STARTUP_SPREAD))
         while not self._stopping:
@@ -140,6 +151,7 @@ class Scheduler:
 
     async def _run_once(self, job: Job) -> None:
         waited_from = time.monotonic()
+        self._last_start[job.key] = waited_from
         async with self._sem:
             if self._on_wait is not None:
                 self._on_wait(time.monotonic() - waited_from)

@@ -66,6 +66,8 @@ async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
     from exporter.config import load_config
 
     rt = Runtime(load_config(path), str(path))
+    env.state.counters.clear()
+    storm_t0 = time.monotonic()
     rt.start()
     try:
         reloads = 100
@@ -83,6 +85,8 @@ async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
                 break
             await asyncio.sleep(0.1)
 
+        storm_elapsed = time.monotonic() - storm_t0
+        storm = dict(env.state.counters)
         env.state.counters.clear()
         t0 = time.monotonic()
         await asyncio.sleep(WINDOW)
@@ -99,6 +103,18 @@ async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
     assert not any("support@" in name or "delegate" in name for name in tasks)  # removed jobs stopped
 
     assert set(tasks_after) == wanted and all(n == 1 for n in tasks_after.values()), tasks_after
+
+    # during the storm itself: a reload keeps each job's rhythm and each credential's token
+    storm_logins = collections.Counter({(k[0], k[1].lower()): n for k, n in storm.items()
+                                        if k[0] in ("imap", "pop3", "smtp") and k[1]
+                                        and not k[1].startswith("support@")})  # comes and goes: new each time
+    storm_due = int(storm_elapsed // 5) + 2
+    assert all(n <= storm_due for n in storm_logins.values()), (storm_elapsed, storm_due, storm_logins)
+    storm_tokens = {cid: sum(n for k, n in storm.items() if k[0] == "token" and k[1] == cid)
+                    for cid in (APP_ID, CERT_APP_ID)}
+    assert all(n <= int(storm_elapsed // 20) + 2 for n in storm_tokens.values()), (storm_elapsed, storm_tokens)
+    print(f"\nduring the {storm_elapsed:.0f}s storm: logins {dict(storm_logins)} (due <= {storm_due}), "
+          f"token requests {storm_tokens}")
 
     interval = final.defaults.interval
     due = int(elapsed // interval) + 2  # a first run inside the window's start plus one per interval

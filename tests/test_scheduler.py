@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -153,3 +154,25 @@ async def test_replacement_never_runs_before_its_cancelled_predecessor_ended() -
     old_end = next(t for e, t in events if e == "old-end")
     assert all(t >= old_end for e, t in events if e == "new-run")
     assert s.retiring == 0
+
+
+async def test_a_replaced_job_keeps_its_rhythm_across_reloads() -> None:
+    """Reloading every 300 ms must not make a 1 s job run more than once a second."""
+    loop = asyncio.get_running_loop()
+    runs: list[float] = []
+
+    async def run() -> None:
+        runs.append(loop.time())
+
+    s = Scheduler(concurrency=4)
+    s.set_jobs([Job(("j",), 1.0, 0.5, run, "v")])
+    await asyncio.sleep(0.3)  # the first run (start-up spread 0.2 s here)
+    assert len(runs) == 1
+    t0 = runs[0]
+    for i in range(9):  # 2.7 s of reloads, each a new signature (restart), slower than the start-up spread
+        s.set_jobs([Job(("j",), 1.0, 0.5, run, f"v{i}")])
+        await asyncio.sleep(0.3)
+    elapsed = loop.time() - t0
+    await s.stop()
+    assert 1 <= len(runs) <= int(elapsed) + 1, runs
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(runs)), runs
