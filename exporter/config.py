@@ -38,7 +38,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like 60s, 5m, 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range
+            raise ValueError("duration must be at most 7d") from None
         if not math.isfinite(seconds):
             raise ValueError("duration must be a finite number of seconds (not .nan/.inf)")
     else:

@@ -112,6 +112,7 @@ def test_anchors_merge_keys_and_alias_bombs() -> None:
     ("interval: .nan", "finite"), ("interval: .inf", "finite"), ("interval: 1ms", "at least 1s"),
     ("interval: 10s", "at least 30s"), ("token_interval: 30s", "at least 60s"),
     ("timeout: 30s", "below interval"), ("timeout: 10d", "at most 7d"), ("timeout: -5", "positive"),
+    ("timeout: " + "9" * 400, "at most 7d"), ("interval: 99999999999999999999d", "at most 7d"),
 ])
 def test_durations_are_finite_and_protect_microsoft(setting: str, message: str) -> None:
     field = setting.split(":")[0]
