@@ -112,6 +112,9 @@ async def serve(args: argparse.Namespace) -> int:
             print(err, file=sys.stderr)
             return 2
         config_path = args.config_file
+        if config.unsafe_allow_short_intervals:
+            log.warning("unsafe_allow_short_intervals is set: the minimum probe intervals that protect "
+                        "Microsoft's endpoints are waived (meant for the demo and tests only)")
 
     runtime = Runtime(config, config_path)
     app = make_app(runtime)
