@@ -50,6 +50,7 @@ def write_config(info: dict[str, Any], path: Path, checks: list[str], **defaults
             },
             **defaults,
         },
+        "unsafe_allow_short_intervals": True,  # loopback simulator: benchmarks probe every few seconds
         "credentials": {
             name: {"tenant_id": info["tenant"], "client_id": c["client_id"], "client_secret_file": c["secret_file"]}
             for name, c in info["credentials"].items()

@@ -182,7 +182,8 @@ class GraphAuditor:
         self.url = f"{config.graph_url(cred)}/v1.0/applications(appId='{app_id}')?$select={SELECT}"
         https = config.defaults.https
         self.timeout = config.defaults.timeout
-        self.http = MsalHttpClient(https.ca_file, https.proxy, self.timeout)
+        self.http = MsalHttpClient(https.ca_file, https.proxy, self.timeout,
+                                   tuple(config.defaults.dns.resolvers))
         self._http_cache: dict[Any, Any] = {}
         self._app: msal.ClientApplication | None = None
         self._digest: str | None = None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from . import __version__, oscompat
 from .checklist import STAGE_TITLES, CheckLine, Checklist
 from .config import Config, ConfigError, load_config
 from .redact import redact
+from .tasks import cancel_and_wait
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = oscompat.default_config_path()
@@ -259,9 +259,7 @@ class Progress:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task], 1.0)
             self._task = None
         self.clear()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__, oscompat
 from .config import ConfigError, load_config, parse_duration
+from .listen import parse_listen_address
 
 DEFAULT_PORT = 9731
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -65,9 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_listen(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    """(host, port) to bind; all interfaces when the host is empty (see listen.py)."""
+    host, port = parse_listen_address(addr)
+    return host or "0.0.0.0", port
+
+
+def usage_errors(args: argparse.Namespace) -> list[str]:
+    """Flag values that cannot work, one line each (checked before anything starts)."""
+    out = []
+    try:
+        parse_listen_address(args.listen)
+    except ValueError as exc:
+        out.append(f"--web.listen-address: {exc}")
+    if args.demo:
+        if not 0 <= args.demo_sim_port <= 65535:
+            out.append(f"--demo.sim-port: {args.demo_sim_port} is not a port (0-65535, 0 = random)")
+        try:
+            if parse_duration(args.demo_interval) < 1.0:
+                out.append(f"--demo.interval: {args.demo_interval} is shorter than 1s")
+        except ValueError as exc:
+            out.append(f"--demo.interval: {exc}")
+    return out
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -101,10 +120,12 @@ async def serve(args: argparse.Namespace) -> int:
             print(err, file=sys.stderr)
             return 2
         config_path = args.config_file
+        if config.unsafe_allow_short_intervals:
+            log.warning("unsafe_allow_short_intervals is set: the minimum probe intervals that protect "
+                        "Microsoft's endpoints are waived (meant for the demo and tests only)")
 
     runtime = Runtime(config, config_path)
     runtime.shard = shard
-    runtime.start()
     app = make_app(runtime)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -114,9 +135,11 @@ async def serve(args: argparse.Namespace) -> int:
         await site.start()
     except OSError as exc:
         log.error("cannot listen on %s: %s", args.listen, exc.strerror or exc)
-        await runtime.stop()
         await runner.cleanup()
+        if demo is not None:
+            await demo.close()
         return 1
+    runtime.start()  # probes start only once the port is ours: a second instance never probes
     log.info("m365-mail-exporter %s listening on %s: %d mailboxes, %d credentials (shard %d of %d)", __version__,
              args.listen, len(runtime.config.mailboxes), len(runtime.config.credentials), shard.index, shard.total)
 
@@ -141,13 +164,23 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    if args.command in (None, "serve") and (errors := usage_errors(args)):
+        for line in errors:
+            print(f"m365-mail-exporter: {line}", file=sys.stderr)
+        return 2
     if args.command not in (None, "serve"):
         return int(args.func(args))
     if args.config_check:
+        from .configcheck import environment_problems
+
         try:
             cfg = load_config(args.config_file)
         except ConfigError as err:
             print(err, file=sys.stderr)
+            return 2
+        problems = environment_problems(cfg)
+        if problems:
+            print("\n".join(f"{args.config_file}: {p}" for p in problems), file=sys.stderr)
             return 2
         print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
         return 0

@@ -8,6 +8,7 @@ names, read by the token provider at use time (so a rotated secret file is picke
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -16,9 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .clouds import CLOUDS, DEFAULT_PORTS, Cloud
+from .hostnames import check_host, check_proxy_url, check_url_host
+from .resolvers import parse_resolver
+from .yamlload import Document, YAMLProblem, load_document
 
 Check = Literal["imap", "pop3", "smtp"]
 MAIL_CHECKS: tuple[str, ...] = ("imap", "pop3", "smtp")
@@ -26,12 +30,20 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
+MAX_DURATION = 7 * 86400.0  # no interval or timeout is longer than a week
+
+
 def parse_duration(value: Any) -> float:
-    """'90s', '5m', '1h', '250ms' or a number of seconds -> seconds."""
+    """'90s', '5m', '1h', '250ms' or a number of seconds -> seconds (finite, positive, <= 7d)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 60s, 5m, 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range
+            raise ValueError("duration must be at most 7d") from None
+        if not math.isfinite(seconds):
+            raise ValueError("duration must be a finite number of seconds (not .nan/.inf)")
     else:
         m = _DURATION.match(str(value))
         if not m:
@@ -39,6 +51,8 @@ def parse_duration(value: Any) -> float:
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     if seconds <= 0:
         raise ValueError("duration must be positive")
+    if seconds > MAX_DURATION:
+        raise ValueError("duration must be at most 7d")
     return seconds
 
 
@@ -53,11 +67,16 @@ class TLSSettings(_Model):
     insecure_skip_verify: bool = False
     server_name: str | None = None  # SNI / hostname to verify, when connecting by IP
 
+    _sn = field_validator("server_name")(classmethod(lambda cls, v: None if v is None else check_host(v)))
+
 
 class EndpointOverride(_Model):
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     tls: TLSSettings | None = None
+
+    # an empty host must not silently fall back to the cloud's (Microsoft's) host
+    _h = field_validator("host")(classmethod(lambda cls, v: None if v is None else check_host(v)))
 
 
 class Endpoints(_Model):
@@ -77,9 +96,12 @@ class HTTPSSettings(_Model):
     @field_validator("authority_host", "graph_url")
     @classmethod
     def _https(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("https://"):
-            raise ValueError("must be an https:// URL")
-        return v.rstrip("/") if v else v
+        return None if v is None else check_url_host(v)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        return None if v is None else check_proxy_url(v)
 
 
 class DNSSettings(_Model):
@@ -88,8 +110,6 @@ class DNSSettings(_Model):
     @field_validator("resolvers")
     @classmethod
     def _resolvers(cls, v: list[str]) -> list[str]:
-        from .probes.dns import parse_resolver  # the probe's own parser: one definition of valid
-
         for spec in v:
             parse_resolver(spec)
         return v
@@ -147,9 +167,7 @@ class Credential(_Model):
     @field_validator("authority_host")
     @classmethod
     def _https(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("https://"):
-            raise ValueError("must be an https:// URL")
-        return v.rstrip("/") if v else v
+        return None if v is None else check_url_host(v)
 
     @property
     def auth_kind(self) -> str:
@@ -188,6 +206,16 @@ class Config(_Model):
     defaults: Defaults = Defaults()
     credentials: dict[str, Credential] = {}
     mailboxes: list[Mailbox] = []
+    # waives the interval minimums and the timeout-below-interval rule: demo and tests only
+    unsafe_allow_short_intervals: bool = False
+
+    @model_validator(mode="after")
+    def _timing(self, info: ValidationInfo) -> Config:
+        if not (info.context or {}).get("skip_cross_checks"):  # parse_config reports these itself
+            problems = timing_problems(self)
+            if problems:
+                raise ValueError("; ".join(f"{_field(loc)}: {msg}" for loc, msg in problems))
+        return self
 
     def find_mailbox(self, name: str) -> Mailbox | None:
         """A mailbox by its label, else by address (case-insensitive, as email addresses are)."""
@@ -214,7 +242,8 @@ class Config(_Model):
         host = own.host or dflt.host or getattr(cloud, f"{check}_host")
         port = own.port or dflt.port or DEFAULT_PORTS[check]
         tls = own.tls or dflt.tls or self.defaults.tls
-        return Endpoint(host=host, port=port, tls=tls, starttls=(check == "smtp"))
+        return Endpoint(host=host, port=port, tls=tls, starttls=(check == "smtp"),
+                        resolvers=tuple(self.defaults.dns.resolvers))
 
     def mailbox_interval(self, mailbox: Mailbox) -> float:
         return mailbox.interval or self.defaults.interval
@@ -231,6 +260,7 @@ class Endpoint:
     port: int
     tls: TLSSettings
     starttls: bool = False  # SMTP 587: TLS after EHLO/STARTTLS
+    resolvers: tuple[str, ...] = ()  # defaults.dns.resolvers: empty = the system resolver
 
 
 # --------------------------------------------------------------------------- loading
@@ -244,34 +274,6 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _node_at(root: yaml.Node | None, loc: tuple[Any, ...]) -> yaml.Node | None:
-    """The deepest YAML node along `loc` (keys and list indices), for its line number."""
-    node = root
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if str(k.value) == str(part):
-                    # point at the key for scalars (more readable), at the value otherwise
-                    nxt = v if not isinstance(v, yaml.ScalarNode) else k
-                    node_value = v
-                    break
-            if nxt is None:
-                return node
-            node = node_value if part != loc[-1] else nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            return node
-    return node
-
-
-def _where(path: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
-    node = _node_at(root, loc)
-    line = node.start_mark.line + 1 if node is not None else 1
-    return f"{path}:{line}"
-
-
 def _field(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -279,90 +281,192 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is a few KiB; a bigger file is a mistake (or an attack)
+
+# Minimums that protect Microsoft's endpoints (and the tenant's throttling budget) from a typo;
+# `unsafe_allow_short_intervals: true` waives them (and timeout < interval) for the demo/tests.
+MIN_INTERVAL = 30.0
+MIN_TOKEN_INTERVAL = 60.0
+MIN_TIMEOUT = 1.0
+# floors that hold even with the override: nothing probes more often than this
+FLOOR_INTERVAL = 1.0
+FLOOR_TIMEOUT = 0.1
+
+
 def parse_config(text: str, path: str = "<config>") -> Config:
-    """Parse and validate config text; raise ConfigError naming file, line and field."""
+    """Parse and validate config text in one pass; raise ConfigError listing every problem
+    (YAML, duplicate keys, fields, cross-references, timing), each as file:line: field: message."""
+    if not text.strip():
+        raise ConfigError([f"{path}:1: the config file is empty (a truncated write?): refusing it"])
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        doc = load_document(text)
+    except YAMLProblem as exc:
+        raise ConfigError([f"{path}:{exc.line}: invalid YAML: {exc.message}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
-        raise ConfigError([f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        raise ConfigError([f"{path}:{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    data = doc.data
     if data is None:
-        data = {}
+        raise ConfigError([f"{path}:1: the config has no settings (only comments?): refusing it"])
     if not isinstance(data, dict):
         raise ConfigError([f"{path}:1: (top level): expected a mapping with defaults/credentials/mailboxes"])
+    found: list[tuple[int, str]] = [(line, f"{_field(loc)}: duplicate key (the later one would win silently)")
+                                    for loc, line in doc.duplicates]
+    cfg: Config | None = None
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(data, context={"skip_cross_checks": True})
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown field (check spelling)"
-            problems.append(f"{_where(path, root, loc)}: {_field(loc)}: {msg}")
-        raise ConfigError(problems) from None
-    problems = [f"{_where(path, root, loc)}: {_field(loc)}: {msg}" for loc, msg in _cross_check(cfg)]
-    if problems:
-        raise ConfigError(problems)
+            found.append((_line(doc, loc), f"{_field(loc)}: {msg}"))
+    found += [(_line(doc, loc), f"{_field(loc)}: {msg}") for loc, msg in _cross_check_raw(data)]
+    if cfg is not None:
+        found += [(_line(doc, loc), f"{_field(loc)}: {msg}") for loc, msg in timing_problems(cfg)]
+    if found or cfg is None:
+        seen: set[str] = set()
+        problems = []
+        for line, msg in sorted(found, key=lambda p: p[0]):
+            text_ = f"{path}:{line}: {msg}"
+            if text_ not in seen:
+                seen.add(text_)
+                problems.append(text_)
+        raise ConfigError(problems or [f"{path}:1: invalid config"])
     return cfg
 
 
-def _cross_check(cfg: Config) -> list[tuple[tuple[Any, ...], str]]:
-    """Rules that span fields: references, flow-specific requirements, duplicates."""
+def _line(doc: Document, loc: tuple[Any, ...]) -> int:
+    return doc.line_of(loc)
+
+
+def timing_problems(cfg: Config) -> list[tuple[tuple[Any, ...], str]]:
+    """Durations that would hurt Microsoft's endpoints or cannot work (see MIN_* above)."""
     out: list[tuple[tuple[Any, ...], str]] = []
-    for name, c in cfg.credentials.items():
+    d = cfg.defaults
+    unsafe = cfg.unsafe_allow_short_intervals
+    hint = " (unsafe_allow_short_intervals: true waives this for demos and tests)"
+
+    def minimum(loc: tuple[Any, ...], value: float, floor: float, safe: float) -> None:
+        if value < floor:
+            out.append((loc, f"must be at least {floor:g}s"))
+        elif not unsafe and value < safe:
+            out.append((loc, f"must be at least {safe:g}s to protect Microsoft's endpoints{hint}"))
+
+    minimum(("defaults", "interval"), d.interval, FLOOR_INTERVAL, MIN_INTERVAL)
+    minimum(("defaults", "token_interval"), d.token_interval, FLOOR_INTERVAL, MIN_TOKEN_INTERVAL)
+    minimum(("defaults", "timeout"), d.timeout, FLOOR_TIMEOUT, MIN_TIMEOUT)
+    if not unsafe:
+        if d.timeout >= d.interval:
+            out.append((("defaults", "timeout"), f"must be below interval ({d.interval:g}s){hint}"))
+        if d.timeout >= d.token_interval:
+            out.append((("defaults", "timeout"), f"must be below token_interval ({d.token_interval:g}s){hint}"))
+    for i, m in enumerate(cfg.mailboxes):
+        if m.interval is not None:
+            minimum(("mailboxes", i, "interval"), m.interval, FLOOR_INTERVAL, MIN_INTERVAL)
+        if m.timeout is not None:
+            minimum(("mailboxes", i, "timeout"), m.timeout, FLOOR_TIMEOUT, MIN_TIMEOUT)
+        if (m.interval is not None or m.timeout is not None) and not unsafe:
+            if cfg.mailbox_timeout(m) >= cfg.mailbox_interval(m):
+                out.append((("mailboxes", i, "timeout"),
+                            f"must be below the mailbox's interval ({cfg.mailbox_interval(m):g}s){hint}"))
+    return out
+
+
+def _cross_check_raw(data: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    """Rules that span fields (references, flow-specific requirements, duplicates), on the raw
+    data so they are reported together with field errors, in one pass."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    creds = data.get("credentials")
+    creds = creds if isinstance(creds, dict) else {}
+    for name, c in creds.items():
         base = ("credentials", name)
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(name)):
             out.append((base, "credential names may use letters, digits, '_', '.', '-'"))
-        secret_sources = [c.client_secret_file, c.client_secret_env]
-        if c.flow == "client_credentials":
-            has_secret = any(s is not None for s in secret_sources)
-            has_cert = c.private_key_file is not None or c.certificate_file is not None
+        if not isinstance(c, dict):
+            continue
+        given = lambda f, c=c: c.get(f) is not None  # noqa: E731
+        secret_sources = [f for f in ("client_secret_file", "client_secret_env") if given(f)]
+        if c.get("flow", "client_credentials") != "delegated":
+            has_secret = bool(secret_sources)
+            has_cert = given("private_key_file") or given("certificate_file")
             if has_secret and has_cert:
                 out.append((base, "give either a client secret or a certificate, not both"))
             elif not has_secret and not has_cert:
                 out.append((base, "client_credentials needs client_secret_file, client_secret_env, or "
                                   "certificate_file + private_key_file"))
-            if has_cert and (c.private_key_file is None or c.certificate_file is None):
-                out.append((base + ("private_key_file" if c.private_key_file is None else "certificate_file",),
+            if has_cert and not (given("private_key_file") and given("certificate_file")):
+                out.append((base + ("certificate_file" if given("private_key_file") else "private_key_file",),
                             "a certificate credential needs both certificate_file and private_key_file"))
-            if sum(s is not None for s in secret_sources) > 1:
+            if len(secret_sources) > 1:
                 out.append((base + ("client_secret_env",), "give only one of client_secret_file, client_secret_env"))
             for f in ("account", "token_cache"):
-                if getattr(c, f) is not None:
+                if given(f):
                     out.append((base + (f,), f"{f} is only for flow: delegated"))
         else:
-            if not c.account:
+            if not c.get("account"):
                 out.append((base + ("flow",), "delegated flow needs account (the expected user, e.g. svc@contoso.com)"))
-            if not c.token_cache:
+            if not c.get("token_cache"):
                 out.append((base + ("flow",), "delegated flow needs token_cache (a file path, created by `login`)"))
-            if c.private_key_file or c.certificate_file:
+            if given("private_key_file") or given("certificate_file"):
                 out.append((base + ("flow",), "delegated flow does not use a certificate"))
-    seen: dict[str, int] = {}
-    for i, m in enumerate(cfg.mailboxes):
+    mailboxes = data.get("mailboxes")
+    seen_label: dict[str, int] = {}
+    seen_addr: dict[str, int] = {}
+    for i, m in enumerate(mailboxes if isinstance(mailboxes, list) else []):
+        if not isinstance(m, dict):
+            continue
         base = ("mailboxes", i)
-        if m.credential not in cfg.credentials:
-            known = ", ".join(cfg.credentials) or "none defined"
-            out.append((base + ("credential",), f"unknown credential {m.credential!r} (known: {known})"))
-        if not m.checks:
-            out.append((base + ("checks",), "list at least one of imap, pop3, smtp"))
-        if len(set(m.checks)) != len(m.checks):
-            out.append((base + ("checks",), "duplicate check"))
-        if m.label in seen:
-            out.append((base + ("address",), f"duplicate mailbox {m.label!r} (also mailboxes[{seen[m.label]}]); "
+        cred = m.get("credential")
+        if cred is not None and cred not in creds:
+            known = ", ".join(map(str, creds)) or "none defined"
+            out.append((base + ("credential",), f"unknown credential {cred!r} (known: {known})"))
+        checks = m.get("checks", ["imap", "smtp"])
+        if isinstance(checks, list):
+            if not checks:
+                out.append((base + ("checks",), "list at least one of imap, pop3, smtp"))
+            if len(set(map(str, checks))) != len(checks):
+                out.append((base + ("checks",), "duplicate check"))
+        address = str(m.get("address", ""))
+        label = str(m.get("name") or address)
+        if label in seen_label:
+            out.append((base + ("address",), f"duplicate mailbox {label!r} (also mailboxes[{seen_label[label]}]); "
                                              "give one a distinct name"))
-        seen.setdefault(m.label, i)
+        elif address and address.lower() in seen_addr and not m.get("name"):
+            out.append((base + ("address",), f"mailbox {address!r} is already mailboxes[{seen_addr[address.lower()]}] "
+                                             "(addresses are case-insensitive); give one a distinct name"))
+        seen_label.setdefault(label, i)
+        if address:
+            seen_addr.setdefault(address.lower(), i)
     return out
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file. Every failure is a ConfigError naming the file:
+    missing, a directory, unreadable, larger than MAX_CONFIG_BYTES, not UTF-8, empty, invalid,
+    or anything else going wrong while loading (never a traceback, never a half config)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_CONFIG_BYTES:
+                raise ConfigError([f"{p}: config is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: refusing it"])
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # a file growing while read is still bounded
+    except IsADirectoryError:
+        raise ConfigError([f"{p}: is a directory, not a config file"]) from None
     except OSError as exc:
         raise ConfigError([f"{p}: cannot read config: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{p}: config is not UTF-8 text"]) from None
-    return parse_config(text, str(p))
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{p}: config is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB: refusing it"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"{p}:{line}: config is not UTF-8 text"]) from None
+    try:
+        return parse_config(text, str(p))
+    except ConfigError:
+        raise
+    except Exception as exc:  # RecursionError, MemoryError, a bug: still a config error, still named
+        raise ConfigError([f"{p}: cannot load config: {type(exc).__name__}: {exc}"]) from None

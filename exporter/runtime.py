@@ -38,6 +38,7 @@ from .store import Key, ResultStore
 
 log = logging.getLogger(__name__)
 
+RETIRE_WAIT = 5.0  # reload waits at most this long for cancelled probe tasks to end
 MailProbe = Callable[[Endpoint, str, str, float], Awaitable[ProbeResult]]
 
 
@@ -66,7 +67,8 @@ def provider_signature(config: Config, name: str, checks: set[str]) -> tuple[obj
     """Everything a provider depends on: unchanged signature = keep the provider (and its token)."""
     cred = config.credentials[name]
     d = config.defaults
-    return (cred, config.authority_host(cred), d.https, d.timeout, d.token_interval, d.cloud, frozenset(checks))
+    # not token_interval: a reload that only changes it keeps the provider and its cached token
+    return (cred, config.authority_host(cred), d.https, d.dns, d.timeout, d.cloud, frozenset(checks))
 
 
 @dataclass
@@ -123,6 +125,7 @@ class Runtime:
             sig = provider_signature(config, name, checks[name])
             if self._signatures.get(name) == sig:
                 new_providers[name] = self.providers[name]
+                new_providers[name].failure_backoff = min(60.0, config.defaults.token_interval)
             else:
                 new_providers[name] = TokenProvider(name, config.credentials[name], config, checks[name])
             new_sigs[name] = sig
@@ -218,8 +221,11 @@ class Runtime:
         t0 = time.monotonic()
         facts: dict[str, float | str] = {}
         try:
-            tok = await provider.refresh()
-        except TokenError as err:
+            async with asyncio.timeout(self.config.defaults.timeout):
+                tok = await provider.refresh()  # a slow IdP: this probe ends, the acquisition carries on
+        except (TokenError, TimeoutError) as exc:
+            err = exc if isinstance(exc, TokenError) else TokenError(
+                Reason.TIMEOUT, "no answer from the identity platform within the timeout")
             current = provider.current
             if current is not None:
                 facts[F_EXPIRY] = current.expires_at
@@ -342,6 +348,11 @@ class Runtime:
                 log.error("config reload failed, keeping the running config: %s", err)
                 return False, str(err)
             self.apply(config)
+            # the replaced jobs' tasks were cancelled: wait (bounded) until they ended, so a
+            # reload storm cannot pile up copies; their replacements wait for them regardless
+            if not await self.scheduler.settle(RETIRE_WAIT):
+                log.warning("config reloaded but %d cancelled probe task(s) are still ending",
+                            self.scheduler.retiring)
             self.store.set_fact("m365_config_last_reload_successful", 1.0)
             self.store.set_fact("m365_config_last_reload_success_timestamp_seconds", time.time())
             log.info("config reloaded: %d mailboxes, %d credentials", len(config.mailboxes), len(config.credentials))

@@ -71,6 +71,7 @@ class Env:
                 "delegate": {"tenant_id": sim.state.tenant_id, "client_id": PUBLIC_APP_ID, "flow": "delegated",
                              "account": DELEGATE, "token_cache": str(self.files["cache"])},
             },
+            "unsafe_allow_short_intervals": True,  # tests probe every few seconds
             "mailboxes": mailboxes if mailboxes is not None else [
                 {"address": "sales@contoso.example", "credential": "app", "checks": ["imap", "pop3", "smtp"]},
                 {"address": "billing@contoso.example", "credential": "cert", "checks": ["imap", "smtp"]},

@@ -162,10 +162,13 @@ def test_shipped_example_config_is_valid() -> None:
 
 
 def test_config_check_exit_codes(tmp_path: Path) -> None:
+    secret = tmp_path / "app.secret"
+    secret.write_text("s3cr3t\n")
+    real = GOOD.replace("/run/secrets/app", str(secret)).replace("/var/lib/x/cache.json", str(tmp_path / "c.json"))
     good = tmp_path / "good.yml"
-    good.write_text(GOOD)
+    good.write_text(real)
     bad = tmp_path / "bad.yml"
-    bad.write_text(GOOD.replace("client_id: c2", "client_idd: c2"))
+    bad.write_text(real.replace("client_id: c2", "client_idd: c2"))
     run = lambda p: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "exporter", "--config.check", "--config.file", str(p)],
         capture_output=True, text=True, timeout=60,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -120,3 +121,58 @@ def test_phase_is_deterministic_and_spread() -> None:
         assert 0 <= p < 1
         buckets[int(p * 10)] += 1
     assert min(buckets) > 60  # roughly uniform: no burst at one point of the interval
+
+
+async def test_replacement_never_runs_before_its_cancelled_predecessor_ended() -> None:
+    """A job task slow to end after cancellation (cleanup, a bug) must not overlap its replacement."""
+    events: list[tuple[str, float]] = []
+    loop = asyncio.get_running_loop()
+
+    async def sticky() -> None:
+        events.append(("old-start", loop.time()))
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.4)  # slow cleanup: the task ends 0.4 s after cancel()
+            events.append(("old-end", loop.time()))
+            raise
+
+    async def quick() -> None:
+        events.append(("new-run", loop.time()))
+
+    s = Scheduler(concurrency=4)
+    s.set_jobs([Job(("j",), 0.1, 200, sticky, "v1")])
+    await asyncio.sleep(0.4)
+    s.set_jobs([Job(("j",), 0.1, 200, quick, "v2")])
+    s.set_jobs([Job(("j",), 0.1, 200, quick, "v3")])  # a second reload while the first copy still ends
+    assert s.retiring >= 1
+    assert await s.settle(2.0)
+    await asyncio.sleep(0.3)
+    await s.stop()
+    names = [e for e, _ in events]
+    assert names[0] == "old-start" and "old-end" in names and "new-run" in names
+    old_end = next(t for e, t in events if e == "old-end")
+    assert all(t >= old_end for e, t in events if e == "new-run")
+    assert s.retiring == 0
+
+
+async def test_a_replaced_job_keeps_its_rhythm_across_reloads() -> None:
+    """Reloading every 300 ms must not make a 1 s job run more than once a second."""
+    loop = asyncio.get_running_loop()
+    runs: list[float] = []
+
+    async def run() -> None:
+        runs.append(loop.time())
+
+    s = Scheduler(concurrency=4)
+    s.set_jobs([Job(("j",), 1.0, 0.5, run, "v")])
+    await asyncio.sleep(0.3)  # the first run (start-up spread 0.2 s here)
+    assert len(runs) == 1
+    t0 = runs[0]
+    for i in range(9):  # 2.7 s of reloads, each a new signature (restart), slower than the start-up spread
+        s.set_jobs([Job(("j",), 1.0, 0.5, run, f"v{i}")])
+        await asyncio.sleep(0.3)
+    elapsed = loop.time() - t0
+    await s.stop()
+    assert 1 <= len(runs) <= int(elapsed) + 1, runs
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(runs)), runs

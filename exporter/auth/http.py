@@ -9,6 +9,9 @@ the configured CA bundle or the default trust store, and always applies a timeou
 It also observes every response: the last HTTP status and Retry-After (which MSAL does not
 return in its result dict) and a count of token-endpoint requests, exported as
 `m365_token_requests_total` and used by the single-flight test and the benchmark.
+
+With `defaults.dns.resolvers` set, host names are resolved through those servers
+(`resolving.py`), like the DNS check and the mail probes.
 """
 
 from __future__ import annotations
@@ -21,9 +24,16 @@ import requests
 
 
 class MsalHttpClient:
-    def __init__(self, ca_file: Path | None, proxy: str | None, timeout: float) -> None:
+    def __init__(self, ca_file: Path | None, proxy: str | None, timeout: float,
+                 resolvers: tuple[str, ...] = ()) -> None:
         self.session = requests.Session()
         self.session.trust_env = False
+        if resolvers:  # the same resolvers as the DNS check and the mail probes (resolving.py)
+            from .resolving import ResolvingAdapter
+
+            adapter = ResolvingAdapter(tuple(resolvers), timeout)
+            self.session.mount("https://", adapter)
+            self.session.mount("http://", adapter)
         self.session.verify = str(ca_file) if ca_file else True
         if proxy:
             self.session.proxies = {"https": proxy, "http": proxy}

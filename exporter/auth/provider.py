@@ -136,6 +136,11 @@ def build_msal_app(
     return factory(client_id, **kwargs)
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class TokenProvider:
     def __init__(self, name: str, cred: Credential, config: Config, checks: set[str]) -> None:
         self.name = name
@@ -145,13 +150,14 @@ class TokenProvider:
         self.authority = f"{config.authority_host(cred)}/{cred.tenant_id}"
         self.custom_authority = config.authority_host(cred) != self.cloud.authority_host
         https = config.defaults.https
-        self.http = MsalHttpClient(https.ca_file, https.proxy, config.defaults.timeout)
+        self.http = MsalHttpClient(https.ca_file, https.proxy, config.defaults.timeout,
+                                   tuple(config.defaults.dns.resolvers))
         self.failure_backoff = min(60.0, config.defaults.token_interval)
         self._http_cache: dict[Any, Any] = {}
         self._app: msal.ClientApplication | None = None
         self._material_hash: str | None = None
         self._cache: msal.SerializableTokenCache | None = None
-        self._inflight: asyncio.Future[TokenInfo] | None = None
+        self._inflight: asyncio.Task[TokenInfo] | None = None
         self._token: TokenInfo | None = None
         self._last_error: TokenError | None = None
         self._not_before = 0.0  # no IdP call before this (Retry-After / failure back-off)
@@ -193,38 +199,58 @@ class TokenProvider:
         return await self._single_flight(force=True)
 
     def close(self) -> None:
+        """Retire this provider (reload replaced it, or stop): its queued acquisition is
+        dropped, so abandoned providers never pile up work in the MSAL thread pool or hit
+        the identity platform after a reload storm; one already running ends by its timeout."""
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.cancel()
         self.http.close()
 
     # ------------------------------------------------------------------ internals
 
     async def _single_flight(self, force: bool) -> TokenInfo:
-        if self._inflight is not None and not self._inflight.done():
-            return await asyncio.shield(self._inflight)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[TokenInfo] = loop.create_future()
-        self._inflight = fut
+        """Join the in-flight acquisition, or start one, and wait for it.
+
+        The acquisition is its own task, owned by the provider, not by the caller: a caller
+        cancelled while waiting (its probe timed out, its job was stopped by a reload) stops
+        waiting at once, and the cancellation propagates; the acquisition carries on for the
+        other joiners and the next probe, and a cancelled caller never counts as a failure of
+        the identity platform (no error recorded, no back-off armed)."""
+        task = self._inflight
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._acquire(force), name=f"token:{self.name}")
+            task.add_done_callback(_retrieve)  # every joiner may have gone away: no "never retrieved" noise
+            self._inflight = task
         try:
-            info = await loop.run_in_executor(_EXECUTOR, self._acquire_blocking, force)
-        except TokenError as err:
-            self._last_error = err
-            self._not_before = time.time() + (err.retry_after if err.retry_after else self.failure_backoff)
-            fut.set_exception(err)
-            fut.exception()  # mark retrieved: joiners may have gone away
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and me is not None and not me.cancelling():
+                # the acquisition itself was abandoned (provider retired by a reload), not this caller
+                raise TokenError(Reason.UNKNOWN, "token acquisition abandoned: the credential was reloaded") from None
             raise
-        except BaseException as exc:
+
+    async def _acquire(self, force: bool) -> TokenInfo:
+        """One acquisition in the MSAL thread pool; records its outcome for every joiner."""
+        try:
+            info = await asyncio.get_running_loop().run_in_executor(_EXECUTOR, self._acquire_blocking, force)
+        except TokenError as err:
+            self._fail(err)
+            raise
+        except Exception as exc:  # MSAL/requests raise many types; each becomes a closed-set reason
             err = from_observed_exception(exc, self.http)
-            self._last_error = err
-            self._not_before = time.time() + (err.retry_after if err.retry_after else self.failure_backoff)
-            fut.set_exception(err)
-            fut.exception()
+            self._fail(err)
             raise err from None
         self._token = info
         self._last_error = None
         self._not_before = 0.0
         if info.from_idp:
             self.last_refresh_at = info.obtained_at
-        fut.set_result(info)
         return info
+
+    def _fail(self, err: TokenError) -> None:
+        self._last_error = err
+        self._not_before = time.time() + (err.retry_after if err.retry_after else self.failure_backoff)
 
     def _acquire_blocking(self, force: bool) -> TokenInfo:
         self._http_cache.clear()  # never let MSAL answer from its failure cache (see module doc)

@@ -29,6 +29,7 @@ import dns.rdatatype
 import dns.resolver
 
 from ..reasons import Reason
+from ..resolvers import parse_resolver
 from .neterrors import DNS_REASONS
 
 # (family, sockaddr) as accepted by socket.connect: (ip, port) or (ip, port, flowinfo, scope_id)
@@ -53,37 +54,6 @@ class DNSOutcome:
     @property
     def success(self) -> bool:
         return self.reason is None and bool(self.addresses)
-
-
-def parse_resolver(spec: str) -> tuple[str, int]:
-    """'10.0.0.2', '127.0.0.1:5353', '[::1]:53' or '::1' -> (address, port). ValueError if invalid.
-
-    Only IP addresses: a resolver given by name would need a resolver to find it."""
-    s = spec.strip()
-    host, port = s, 53
-    if s.startswith("["):
-        end = s.find("]")
-        if end < 0:
-            raise ValueError(f"invalid resolver {spec!r}: missing ']'")
-        host, rest = s[1:end], s[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"invalid resolver {spec!r}")
-            port = _port(rest[1:], spec)
-    elif s.count(":") == 1:
-        host, p = s.split(":")
-        port = _port(p, spec)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"invalid resolver {spec!r}: expected an IP address[:port]") from None
-    return host, port
-
-
-def _port(text: str, spec: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"invalid resolver {spec!r}: bad port {text!r}")
-    return int(text)
 
 
 def ip_literal(host: str) -> str | None:

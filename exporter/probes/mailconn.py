@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ..config import Endpoint
 from ..reasons import Reason
 from ..redact import SecretRegistry
+from . import dns as dnsprobe
 from . import neterrors
 from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
 from .result import ProbeResult, Transcript
@@ -166,11 +167,19 @@ class MailConnection:
             ip = ipaddress.ip_address(host)
             addrs.append((socket.AF_INET6 if ip.version == 6 else socket.AF_INET, host))
         except ValueError:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            for family, _type, _proto, _canon, sockaddr in infos:
-                entry = (family, str(sockaddr[0]))
-                if entry not in addrs:
-                    addrs.append(entry)
+            if self.endpoint.resolvers:  # the configured resolvers, as the DNS check asks them
+                outcome = await dnsprobe.resolve(host, port, list(self.endpoint.resolvers),
+                                                 loop.time() + self.step_timeout)
+                if not outcome.success:
+                    raise ProbeFailure(outcome.reason or Reason.DNS_SERVFAIL, outcome.detail) from None
+                addrs += [(family, str(sockaddr[0])) for family, sockaddr in outcome.addresses]
+                self.transcript.note(f"resolved {host} via {', '.join(self.endpoint.resolvers)}")
+            else:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                for family, _type, _proto, _canon, sockaddr in infos:
+                    entry = (family, str(sockaddr[0]))
+                    if entry not in addrs:
+                        addrs.append(entry)
         if not addrs:
             raise ProbeFailure(Reason.DNS_NXDOMAIN, f"{host} has no addresses")
         self.step = "connect"

@@ -10,7 +10,6 @@ through the simulator's admin API (`/_sim/...` on the identity server, see docs/
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import random
@@ -20,6 +19,7 @@ from typing import Any
 from cryptography import x509
 
 from ..config import Config
+from ..tasks import cancel_and_wait
 from . import Simulator
 from .seed import make_app_certificate
 from .state import SimApp, SimMailbox, SimState, SimUser
@@ -89,6 +89,7 @@ def demo_config(sim: Simulator, files: dict[str, Path], interval: float, token_i
                 "smtp": {"host": DEMO_HOST, "port": sim.smtp_port, "tls": tls},
             },
         },
+        "unsafe_allow_short_intervals": True,  # the demo probes every few seconds, against loopback only
         "credentials": {
             "ece-app": {"tenant_id": sim.state.tenant_id, "client_id": DEMO_APP_CLIENT_ID,
                         "client_secret_file": str(files["secret"]), "graph_audit": True,
@@ -167,8 +168,6 @@ class Demo:
 
     async def close(self) -> None:
         if self._drift is not None:
-            self._drift.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drift
+            await cancel_and_wait([self._drift], 1.0)
         if self.sim is not None:
             await self.sim.close()

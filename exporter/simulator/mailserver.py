@@ -147,6 +147,7 @@ class Connection:
             self.abort()
         except asyncio.CancelledError:
             self.abort()
+            raise
 
 
 class MailServer:
@@ -223,14 +224,14 @@ class MailServer:
         conn = Connection(self, reader, writer)
         try:
             await self._serve(conn)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # cancel-ok: the top of this connection's own task, nothing above it
             # close(): end quietly (a cancelled client_connected_cb task makes asyncio 3.11 log noise)
             conn.abort()
         except Exception:
             log.exception("%s: connection handler failed", self.protocol)
         finally:
             self._tasks.discard(task)  # type: ignore[arg-type]
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError):  # cancel-ok: same task top, see above
                 await conn.close()
 
     async def _serve(self, conn: Connection) -> None:
