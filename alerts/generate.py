@@ -357,10 +357,15 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         + "\n)"
     )
     info = q.last("m365_mailbox_info")
+    token_failing = q.current_or_last("m365_token_refresh_failure_info", "job, instance, credential")
     add_failing(
         "M365MailboxAuthFailing",
-        # the credential label (from m365_mailbox_info) lets Alertmanager inhibit by credential
-        f"{mail_failing}\n* on (job, instance, mailbox) group_left (credential)\n{info}\n"
+        # The credential label (from m365_mailbox_info) names the mailbox's credential, and mail checks failing
+        # with their credential's current token-refresh reason are left out: the credential's own alert pages.
+        # (Inhibition alone races: a check already failing for another reason switches to the credential's
+        # reason and would fire after `for:` alone, before the token alert's window has passed.)
+        f"(\n{_indent(mail_failing)}\n  * on (job, instance, mailbox) group_left (credential)\n  {info}\n)\n"
+        f"unless on (job, instance, credential, reason)\n{token_failing}\n"
         f"or\n(\n{_indent(mail_failing)}\n  unless on (job, instance, mailbox)\n  {info}\n)",
         "A mailbox check (IMAP/POP3/SMTP with OAuth) keeps failing",
         "{{ $labels.check | toUpper }} access to mailbox {{ $labels.mailbox }}"
