@@ -441,6 +441,13 @@ def test_four_faults_page_once_each_within_the_budget_then_resolve(stack: dict[s
         return must_resolve <= done
 
     wait_for("the resolved notifications", alive_and(all_resolved), min(60.0 * SLOW, remaining()), diag)
+    # the exporter's log: one line when each cause started failing, one when it recovered, never per probe
+    log = [line for line in procs.log_text("exporter").splitlines() if "logger=m365.transitions" in line]
+    endpoint = paged["endpoint"][1]["labels"]
+    for subject in ("credential=ece-app", "credential=ece-cert", f"endpoint={endpoint['host']}:{endpoint['port']}"):
+        failing = [ln for ln in log if f" failing: {subject} " in ln and "level=warning" in ln]
+        recovered = [ln for ln in log if f" recovered: {subject} " in ln and "level=info" in ln]
+        assert len(failing) == 1 and len(recovered) == 1, (subject, log)
     figures = ", ".join(f"{f} {s:.1f}s (x{SCALE} = {s * SCALE / 60:.1f} min)" for f, s in sorted(latency.items()))
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"fault -> notification: {figures}; budget {BUDGET:.0f}s; load {load}")
