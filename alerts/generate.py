@@ -383,8 +383,8 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "Cannot obtain an OAuth token from Microsoft Entra ID",
         "Credential {{ $labels.credential }} has not obtained a token from the identity platform",
         token_side, dash("m365-credentials", "credential"),
-        consequence="Mailboxes using it fail as soon as their cached access token expires (within about an "
-        "hour). ",
+        consequence="Mail keeps working on the cached access token until it expires (within about an hour), "
+        "then fails; its mailbox checks already report this reason unless it is transient. ",
     )
 
     def add_token_reason(name: str, reason: str, expr: str, summary: str, description: str) -> None:
