@@ -55,8 +55,8 @@ _DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
 ALERT_KEYS: dict[str, tuple[str, ...]] = {
     "M365MailboxAuthFailing": ("window", "for"),
     "M365TokenRefreshFailing": ("window", "for"),
-    "M365TokenWrongIdentity": ("for",),
-    "M365TokenMissingScope": ("for",),
+    "M365TokenWrongIdentity": ("window", "for"),
+    "M365TokenMissingScope": ("window", "for"),
     "M365ClientSecretExpiringSoon": ("warning_days", "critical_days", "for"),
     "M365ClientSecretExpired": ("for",),
     "M365TLSCertificateExpiringSoon": ("warning_days", "critical_days", "for"),
@@ -220,8 +220,18 @@ class Q:
         return (
             f"{self.current_or_last(info, keys, match)}\n"
             f"and on ({on or keys})\n"
-            f"max_over_time({success}[{window}]) == 0"
+            f"{self.held(f'max_over_time({success}[{window}]) == 0', success, window, on or keys)}"
         )
+
+    def held(self, condition: str, series: str, window: str, on: str) -> str:
+        """`condition` (over `window`) for series that already existed `window` ago.
+
+        Why the age guard: for a brand-new series (a mailbox just added, a restart without history)
+        `max_over_time(...[window]) == 0` holds from its very first failed probe, so a one-probe blip
+        would page after `for:` alone. Requiring a sample from before the window means every series
+        needs a whole window of failure, and `for:` can stay short (time to page, docs/alerts.md).
+        """
+        return f"{condition}\nand on ({on})\nlast_over_time({series}[{self.gap}] offset {window})"
 
 
 def _indent(text: str, n: int = 2) -> str:
@@ -335,11 +345,31 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     a = A["M365MailboxAuthFailing"]
     mk = "job, instance, mailbox, check"
     mchk = f'check=~"{MAIL_CHECKS}"'
+    net = 'reason=~"' + "|".join(r.value for r in net_reasons) + '"'
+    mail_failing = (
+        "(\n"
+        + _indent(q.failing("m365_probe_failure_info", mk, mchk, q.sel("m365_probe_success", mchk), a["window"]))
+        # root cause: a failing endpoint pages (M365EndpointUnreachable); the mail check then carries the
+        # endpoint's reason (exporter/rootcause.py). Excluded here, not only inhibited: the endpoint alert
+        # may fire up to one probe interval later than the mail alert, after Alertmanager's group_wait.
+        + "\n  unless on (job, instance, reason)\n"
+        + _indent(q.current_or_last("m365_endpoint_failure_info", "job, instance, host, port", net))
+        + "\n)"
+    )
+    info = q.last("m365_mailbox_info")
+    token_failing = q.current_or_last("m365_token_refresh_failure_info", "job, instance, credential")
     add_failing(
         "M365MailboxAuthFailing",
-        q.failing("m365_probe_failure_info", mk, mchk, q.sel("m365_probe_success", mchk), a["window"]),
+        # The credential label (from m365_mailbox_info) names the mailbox's credential, and mail checks failing
+        # with their credential's current token-refresh reason are left out: the credential's own alert pages.
+        # (Inhibition alone races: a check already failing for another reason switches to the credential's
+        # reason and would fire after `for:` alone, before the token alert's window has passed.)
+        f"(\n{_indent(mail_failing)}\n  * on (job, instance, mailbox) group_left (credential)\n  {info}\n)\n"
+        f"unless on (job, instance, credential, reason)\n{token_failing}\n"
+        f"or\n(\n{_indent(mail_failing)}\n  unless on (job, instance, mailbox)\n  {info}\n)",
         "A mailbox check (IMAP/POP3/SMTP with OAuth) keeps failing",
-        "{{ $labels.check | toUpper }} access to mailbox {{ $labels.mailbox }} has not succeeded",
+        "{{ $labels.check | toUpper }} access to mailbox {{ $labels.mailbox }}"
+        "{{ if $labels.credential }} (credential {{ $labels.credential }}){{ end }} has not succeeded",
         all_reasons, dash("m365-mailbox", "mailbox"), name_exporter=True,
     )
 
@@ -353,8 +383,8 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "Cannot obtain an OAuth token from Microsoft Entra ID",
         "Credential {{ $labels.credential }} has not obtained a token from the identity platform",
         token_side, dash("m365-credentials", "credential"),
-        consequence="Mailboxes using it fail as soon as their cached access token expires (within about an "
-        "hour). ",
+        consequence="Mail keeps working on the cached access token until it expires (within about an hour), "
+        "then fails; its mailbox checks already report this reason unless it is transient. ",
     )
 
     def add_token_reason(name: str, reason: str, expr: str, summary: str, description: str) -> None:
@@ -362,18 +392,22 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         add(name, expr, A[name]["for"], "critical", summary, f"{description} Fix: {base}/token.md#{reason}",
             dash("m365-credentials", "credential"), labels={"reason": reason})
 
+    idm = q.sel("m365_token_identity_match")
     add_token_reason(
         "M365TokenWrongIdentity", "wrong_identity",
-        f"{q.last('m365_token_identity_match')} == 0",
+        q.held(f"max_over_time({idm}[{A['M365TokenWrongIdentity']['window']}]) == 0", idm,
+               A["M365TokenWrongIdentity"]["window"], ck),
         "OAuth token was issued for the wrong account",
         "The token of credential {{ $labels.credential }} was issued for a different user (delegated) or "
         "application (app-only) than configured, so mailbox checks with it fail. Re-run "
         "`m365-mail-exporter login --credential {{ $labels.credential }}` in a private browser window "
         "signed in as the configured account only.",
     )
+    msc = q.sel("m365_token_missing_scope")
     add_token_reason(
         "M365TokenMissingScope", "missing_scope",
-        f"{q.last('m365_token_missing_scope')} == 1",
+        q.held(f"min_over_time({msc}[{A['M365TokenMissingScope']['window']}]) == 1", msc,
+               A["M365TokenMissingScope"]["window"], ck + ", scope"),
         "OAuth token lacks a permission the mailbox checks need",
         "The token of credential {{ $labels.credential }} lacks {{ $labels.scope }}, which its mailbox "
         "checks need. Add the API permission to the app registration and grant admin consent "
@@ -464,7 +498,8 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             f"{q.current_or_last('m365_endpoint_failure_info', ek, not_dns_or_cert)}\n"
             f"and on ({ek})\n"
             f"(\n  max_over_time({q.sel('m365_tcp_connect_success')}[{w}]) == 0\n  or\n"
-            f"  max_over_time({q.sel('m365_tls_handshake_success')}[{w}]) == 0\n)"
+            f"  max_over_time({q.sel('m365_tls_handshake_success')}[{w}]) == 0\n)\n"
+            f"and on ({ek})\nlast_over_time({q.sel('m365_tcp_connect_success')}[{q.gap}] offset {w})"
         )
         + "\n)",
         "A Microsoft 365 mail endpoint is unreachable (DNS, TCP or TLS)",

@@ -117,7 +117,7 @@ class DNSSettings(_Model):
 
 class Defaults(_Model):
     interval: float = 60.0  # mail and network probes
-    token_interval: float = 300.0  # forced token refresh (proves refresh works) per credential
+    token_interval: float = 60.0  # forced token refresh per credential: pages within 5 min (docs/alerts.md)
     timeout: float = 15.0  # per probe
     cloud: str = "global"
     concurrency: int = Field(default=32, ge=1, le=4096)

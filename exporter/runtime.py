@@ -32,9 +32,11 @@ from .collector import (
 from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_config
 from .probes.result import ProbeResult
 from .reasons import Reason
+from .rootcause import attribute, credential_cause, endpoint_cause
 from .scheduler import Job, Scheduler
 from .sharding import Shard, owner
 from .store import Key, ResultStore
+from .transitions import TransitionLog
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class Runtime:
         self._reload_lock = asyncio.Lock()
         self.shard = Shard()  # set by `serve` from --shard.*: apply() keeps only this shard's part of a config
         self.unsharded = config
+        self.transitions = TransitionLog()  # one log line per state change (exporter/transitions.py)
+        self.latest: dict[Key, ProbeResult] = {}  # credentials' and endpoints' last results (root cause)
 
     # ------------------------------------------------------------------ config
 
@@ -163,6 +167,8 @@ class Runtime:
                     keep.add(key)
                     self.store.record(key, ProbeResult.ok(0.0, **{SECRET_PREFIX + own.thumbprint: own.not_after}))
         self.store.prune(keep)
+        self.transitions.retain(keep)
+        self.latest = {k: v for k, v in self.latest.items() if k in keep}
         self.scheduler.set_jobs(jobs)
         self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))
         self.store.set_fact("m365_credentials", float(len(config.credentials)))
@@ -267,6 +273,8 @@ class Runtime:
 
     def _record_token(self, name: str, result: ProbeResult, missing: set[str]) -> None:
         self.store.record(("credential", name), result)
+        self.latest[("credential", name)] = result
+        self.transitions.observe(("credential", name), result)
         cred = self.config.credentials.get(name)
         if cred is None:
             return
@@ -293,20 +301,34 @@ class Runtime:
             async with asyncio.timeout(timeout):
                 tok = await provider.get_token()
         except TokenError as err:
-            result = ProbeResult.fail(err.reason, time.monotonic() - t0, f"no token: {err.detail}")
+            result = ProbeResult.fail(err.reason, time.monotonic() - t0,
+                                      f"credential {m.credential}: no token: {err.detail}")
         except TimeoutError:
-            result = ProbeResult.fail(Reason.TIMEOUT, time.monotonic() - t0, "token acquisition timed out")
+            result = ProbeResult.fail(Reason.TIMEOUT, time.monotonic() - t0,
+                                      f"credential {m.credential}: token acquisition timed out")
         else:
+            ep = self.config.endpoint_for(m, check)
             remaining = max(1.0, timeout - (time.monotonic() - t0))
-            result = await mail_probe(check)(self.config.endpoint_for(m, check), m.address, tok.access_token,
-                                             remaining)
+            result = await mail_probe(check)(ep, m.address, tok.access_token, remaining)
+            # root cause first (exporter/rootcause.py): the credential's or the endpoint's failure
+            cred = self.config.credentials.get(m.credential)
+            needed = required_permissions(cred, {check}) if cred is not None else set()
+            result = attribute(
+                result, check,
+                credential_cause(m.credential, self.latest.get(("credential", m.credential)), needed),
+                endpoint_cause(ep.host, ep.port, self.latest.get(("endpoint", ep.host, str(ep.port)))),
+                cached_until=tok.expires_at,
+            )
         self.store.record(target.key, result)
+        self.transitions.observe(target.key, result, credential=m.credential)
         return result
 
     async def run_endpoint_probe(self, ep: Endpoint) -> ProbeResult:
         d = self.config.defaults
         result = await endpoint_probe(ep, d.timeout, list(d.dns.resolvers))
         self.store.record(("endpoint", ep.host, str(ep.port)), result)
+        self.latest[("endpoint", ep.host, str(ep.port))] = result
+        self.transitions.observe(("endpoint", ep.host, str(ep.port)), result)
         return result
 
     async def probe_now(self, mailbox: str, check: str) -> ProbeResult:

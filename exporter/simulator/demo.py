@@ -164,7 +164,7 @@ class Demo:
         await self.sim.start()
         await bootstrap_delegate(self.sim, files["cache"])
         self._drift = asyncio.create_task(drift_messages(state, max(self.interval, 1.0)))
-        return demo_config(self.sim, files, self.interval, max(2 * self.interval, 2.0))
+        return demo_config(self.sim, files, self.interval, max(self.interval, 1.0))  # as shipped: = interval
 
     async def close(self) -> None:
         if self._drift is not None:
