@@ -30,6 +30,7 @@ from .collector import (
     MetricsRenderer,
 )
 from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_config
+from .fixes import fix_for_key
 from .probes.result import ProbeResult
 from .reasons import Reason
 from .rootcause import attribute, credential_cause, endpoint_cause
@@ -271,10 +272,15 @@ class Runtime:
         self._record_token(name, result, missing)
         return result
 
+    def _fixer(self, key: Key) -> Callable[[Reason], str]:
+        """The filled fix for a key's reason, computed only when a state change is logged."""
+        config = self.config
+        return lambda reason: fix_for_key(config, reason, key)
+
     def _record_token(self, name: str, result: ProbeResult, missing: set[str]) -> None:
         self.store.record(("credential", name), result)
         self.latest[("credential", name)] = result
-        self.transitions.observe(("credential", name), result)
+        self.transitions.observe(("credential", name), result, fixer=self._fixer(("credential", name)))
         cred = self.config.credentials.get(name)
         if cred is None:
             return
@@ -320,7 +326,7 @@ class Runtime:
                 cached_until=tok.expires_at,
             )
         self.store.record(target.key, result)
-        self.transitions.observe(target.key, result, credential=m.credential)
+        self.transitions.observe(target.key, result, credential=m.credential, fixer=self._fixer(target.key))
         return result
 
     async def run_endpoint_probe(self, ep: Endpoint) -> ProbeResult:
@@ -328,7 +334,8 @@ class Runtime:
         result = await endpoint_probe(ep, d.timeout, list(d.dns.resolvers))
         self.store.record(("endpoint", ep.host, str(ep.port)), result)
         self.latest[("endpoint", ep.host, str(ep.port))] = result
-        self.transitions.observe(("endpoint", ep.host, str(ep.port)), result)
+        self.transitions.observe(("endpoint", ep.host, str(ep.port)), result,
+                                fixer=self._fixer(("endpoint", ep.host, str(ep.port))))
         return result
 
     async def probe_now(self, mailbox: str, check: str) -> ProbeResult:

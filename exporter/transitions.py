@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .probes.result import ProbeResult
@@ -76,8 +76,10 @@ class TransitionLog:
         self._lock = threading.Lock()
         self._states: dict[Key, _State] = {}
 
-    def observe(self, key: Key, result: ProbeResult, credential: str | None = None) -> None:
-        """Record a key's new result; log if its state changed. `credential`: the mailbox's, for the fix."""
+    def observe(self, key: Key, result: ProbeResult, credential: str | None = None,
+                fixer: Callable[[Reason], str] | None = None) -> None:
+        """Record a key's new result; log if its state changed. `credential`: the mailbox's, for the fix;
+        `fixer` fills the fix for this key (exporter/fixes.py), called only when a failure is logged."""
         subject = _subject(key)
         if subject is None:
             return
@@ -98,7 +100,8 @@ class TransitionLog:
         changed = ""
         if prev is not None and not prev.success:
             changed = f", reason changed (was {prev.reason.value if prev.reason else 'unknown'})"
-        fix = fix_words(reason.fix_for(mailbox=mailbox, credential=cred or credential))
+        filled = fixer(reason) if fixer is not None else reason.fix_for(mailbox=mailbox, credential=cred or credential)
+        fix = fix_words(filled)
         detail = redact(" ".join(result.detail.split()))[:DETAIL_CHARS]
         self._log.warning('%s failing%s: %s reason=%s fix="%s" detail="%s"', what, changed, labels,
                           reason.value, fix, detail)
