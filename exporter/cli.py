@@ -32,7 +32,8 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     p.add_argument("--config.file", dest="config_file", default=d(DEFAULT_CONFIG),
                    help=f"path to the YAML config (default: {DEFAULT_CONFIG})")
-    p.add_argument("--log.level", dest="log_level", default=d("info"), choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log.level", dest="log_level", default=d("info"),
+                   choices=["debug", "info", "warn", "warning", "error"], help="warn is warning (Go exporters' name)")
     p.add_argument("--log.format", dest="log_format", default=d("logfmt"), choices=["logfmt", "json"])
 
 
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                    help="address to serve /metrics on (default: %(default)s)")
     p.add_argument("--config.check", dest="config_check", action="store_true",
-                   help="validate the config file and exit (0 valid, 2 invalid)")
+                   help="validate the config file (and --web.config.file) and exit (0 valid, 2 invalid)")
+    from .webflags import add_web_flags
+
+    add_web_flags(p)
     p.add_argument("--demo", action="store_true",
                    help="run against the bundled Microsoft 365 simulator on loopback (no tenant needed)")
     p.add_argument("--demo.sim-port", dest="demo_sim_port", type=int, default=0,
@@ -56,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the exporter (default)")
     _add_common(s)
     s.add_argument("--web.listen-address", dest="listen", default=argparse.SUPPRESS)
+    add_web_flags(s, top=False)
     from .commands import register_commands
 
     register_commands(sub, _add_common)
@@ -73,7 +78,17 @@ async def serve(args: argparse.Namespace) -> int:
 
     from .runtime import Runtime
     from .web import make_app
+    from .webconfig import WebConfigError
+    from .webflags import timeouts, web_options
+    from .webserver import ConnectionGuard, GuardedSite, raise_nofile_limit
 
+    try:
+        options = web_options(args)
+        header_timeout, idle_timeout = timeouts(args)
+    except (WebConfigError, ValueError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    raise_nofile_limit()
     demo = None
     tmp = None
     if args.demo:
@@ -96,11 +111,12 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = Runtime(config, config_path)
     runtime.start()
-    app = make_app(runtime)
-    runner = web.AppRunner(app, access_log=None)
+    app = make_app(runtime, options)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
     await runner.setup()
     host, port = parse_listen(args.listen)
-    site = web.TCPSite(runner, host, port)
+    guard = ConnectionGuard(options.watcher, args.web_max_connections, header_timeout)
+    site = GuardedSite(runner, host, port, guard)
     try:
         await site.start()
     except OSError as exc:
@@ -142,6 +158,16 @@ def main(argv: list[str] | None = None) -> int:
             print(err, file=sys.stderr)
             return 2
         print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
+        if args.web_config_file:
+            from .webconfig import WebConfigError, load_web_config
+
+            try:
+                web_cfg = load_web_config(args.web_config_file)
+            except WebConfigError as err:
+                print(err, file=sys.stderr)
+                return 2
+            print(f"{args.web_config_file}: OK (tls {'on' if web_cfg.tls else 'off'}, "
+                  f"{len(web_cfg.users)} basic-auth users)")
         return 0
     try:
         return asyncio.run(serve(args))

@@ -48,6 +48,7 @@ def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:
     logging.getLogger("asyncio").addFilter(_DropKnownNoise())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    level = "warning" if level == "warn" else level
     root.setLevel(level.upper())
     # MSAL and urllib3 debug logs include request details; keep them at WARNING unless asked
     for noisy in ("msal", "urllib3", "aiohttp.access"):
