@@ -152,23 +152,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in (None, "serve"):
         return int(args.func(args))
     if args.config_check:
-        try:
-            cfg = load_config(args.config_file)
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            return 2
-        print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
-        if args.web_config_file:
+        rc = 0
+        if args.web_config_file:  # first, so both files' problems show in one run
             from .webconfig import WebConfigError, load_web_config
 
             try:
                 web_cfg = load_web_config(args.web_config_file)
             except WebConfigError as err:
                 print(err, file=sys.stderr)
-                return 2
-            print(f"{args.web_config_file}: OK (tls {'on' if web_cfg.tls else 'off'}, "
-                  f"{len(web_cfg.users)} basic-auth users)")
-        return 0
+                rc = 2
+            else:
+                print(f"{args.web_config_file}: OK (tls {'on' if web_cfg.tls else 'off'}, "
+                      f"{len(web_cfg.users)} basic-auth users)")
+        try:
+            cfg = load_config(args.config_file)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            return 2
+        print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
+        return rc
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:

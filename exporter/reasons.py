@@ -80,6 +80,7 @@ class Reason(StrEnum):
     PROXY_ERROR = "proxy_error"
     # anything else
     UNKNOWN = "unknown"
+    EXPORTER_OVERLOADED = "exporter_overloaded"
 
     @property
     def info(self) -> ReasonInfo:
@@ -273,6 +274,10 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
     R.UNKNOWN: ReasonInfo(
         X, "unclassified failure",
         "Run /probe?debug=true or `m365-mail-exporter check` for the dialogue and report it.", "index"),
+    R.EXPORTER_OVERLOADED: ReasonInfo(
+        X, "the exporter itself ran out of file descriptors (EMFILE/ENFILE), not Microsoft 365",
+        "Check who holds connections to the web port (ss -tnp sport = :9731), lower --web.max-connections "
+        "or raise LimitNOFILE in the systemd unit; the mailbox and its credentials are not at fault.", "index"),
 }
 
 # AADSTS error code -> reason. Codes from Microsoft's reference-error-codes page.

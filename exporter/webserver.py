@@ -130,6 +130,7 @@ class GuardedProtocol(asyncio.Protocol):
         self._tail = b""
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._early: list[bytes] = []  # decrypted bytes delivered before the handler exists
         self.last_activity = time.monotonic()
 
     # ---------------------------------------------------------------- life cycle
@@ -174,6 +175,9 @@ class GuardedProtocol(asyncio.Protocol):
     def _start_inner(self, transport: asyncio.Transport) -> None:
         self.inner = self.factory()
         self.inner.connection_made(transport)
+        early, self._early = self._early, []
+        for chunk in early:
+            self.inner.data_received(chunk)
 
     def _header_timeout(self) -> None:
         if self.in_header and not self._closed:
@@ -210,6 +214,10 @@ class GuardedProtocol(asyncio.Protocol):
                 self._tail = buf[-3:]
         if self.inner is not None:
             self.inner.data_received(data)
+        elif len(self._early) < 64:  # TLS may hand over the first request before start_tls returns
+            self._early.append(data)
+        else:
+            self.abort()
 
     def eof_received(self) -> bool | None:
         if self.inner is not None:
