@@ -161,7 +161,9 @@ async def _status(url: str, params: dict[str, str] | None = None, method: str = 
         return r.status
 
 
-async def test_lifecycle_needs_the_flag_post_same_origin_and_auth(env: Env, tmp_path: Path) -> None:
+async def test_lifecycle_needs_the_flag_post_same_origin_and_auth(
+        env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="exporter.web.access")
     rt = await started_runtime(env, tmp_path)
     webcfg = write_web_config(tmp_path / "web.yml", {"basic_auth_users": {"ops": bcrypt_hash()},
                                                      "basic_auth_excluded_paths": ["/-/healthy", "/-/ready"]})
@@ -183,6 +185,10 @@ async def test_lifecycle_needs_the_flag_post_same_origin_and_auth(env: Env, tmp_
             assert await _status(on.url("/metrics")) == 401
             async with aiohttp.ClientSession() as http, http.get(on.url("/metrics"), headers=auth) as r:
                 assert r.status == 200 and r.headers["Server"] == "m365-mail-exporter"
+            access = [r.getMessage() for r in caplog.records if r.name == "exporter.web.access"]
+            assert any("GET /metrics 200" in line and "user=ops" in line for line in access), access
+            assert any("POST /-/reload 401" in line and "user=-" in line for line in access), access
+            assert not any(PASSWORD in line or auth["Authorization"][6:] in line for line in access)
         rt.config_path = None  # demo mode: nothing to reload is the client's problem, not a 500
         async with guarded_server(rt, enable_lifecycle=True) as demo:
             assert await _status(demo.url("/-/reload"), method="POST") == 409
