@@ -7,8 +7,8 @@ wraps aiohttp's protocol factory:
 
 - Every accepted connection counts against `max_connections` (default 1024, and never more than
   RLIMIT_NOFILE minus a reserve kept for probes, token requests and files). At the cap, the
-  connection that has been idle longest (no request in progress: still sending its first
-  header, or an idle keep-alive) is closed to make room, so a flood of idle sockets cannot
+  oldest idle connection (no request in progress: still sending its first header, or an idle
+  keep-alive) is closed to make room, so a flood of idle sockets cannot
   lock Prometheus out; if none is idle, the newcomer is closed.
 - The TLS handshake and the first request's header must complete within `header_timeout`
   (slowloris); idle keep-alive connections are closed after `idle_timeout` by aiohttp.
@@ -97,11 +97,13 @@ class ConnectionGuard:
         return True
 
     def _longest_idle(self) -> GuardedProtocol | None:
-        best: GuardedProtocol | None = None
-        for conn in self.open:  # bounded by the cap
-            if conn.idle() and (best is None or conn.last_activity < best.last_activity):
-                best = conn
-        return best
+        """The earliest-admitted idle connection. Stops at the first idle one (usually the first
+        entry under a flood), so admitting at the cap stays O(1) rather than a scan per accept,
+        which would stall the event loop the probes run on."""
+        for conn in self.open:  # admission order; bounded by the cap
+            if conn.idle():
+                return conn
+        return None
 
     def release(self, conn: GuardedProtocol) -> None:
         self.open.pop(conn, None)
