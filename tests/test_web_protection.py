@@ -441,3 +441,20 @@ except TokenError as err:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
                        cwd=Path(__file__).parent.parent)
     assert p.stdout.strip() == "exporter_overloaded", (p.stdout, p.stderr)
+
+
+def test_basic_auth_caches_verified_results_without_keeping_the_password() -> None:
+    from exporter.webconfig import BasicAuth
+
+    doc = {"basic_auth_users": {"alice": bcrypt_hash("s3cret-pass", cost=4)}}
+    cfg = parse_web_config(yaml.safe_dump(doc).encode())
+    auth = BasicAuth()
+    assert all(auth.verify(cfg, "alice", "s3cret-pass") for _ in range(50))
+    assert auth.bcrypt_calls == 1  # one bcrypt, then the cache
+    assert not auth.verify(cfg, "alice", "wrong") and not auth.verify(cfg, "mallory", "s3cret-pass")
+    assert auth.bcrypt_calls == 3  # unknown user: checked against a dummy hash, same cost
+    assert not any(b"s3cret-pass" in key for key in auth._cache)
+    rotated = parse_web_config(yaml.safe_dump({"basic_auth_users": {"alice": bcrypt_hash("new", cost=4)}}).encode())
+    assert not auth.verify(rotated, "alice", "s3cret-pass")  # a changed hash is not served from the cache
+    assert BasicAuth.parse_header("Basic " + "YWxpY2U6eA==") == ("alice", "x")
+    assert BasicAuth.parse_header("Bearer abc") is None and BasicAuth.parse_header("Basic !!!") is None
