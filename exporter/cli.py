@@ -116,6 +116,12 @@ async def serve(args: argparse.Namespace) -> int:
     await runner.setup()
     host, port = parse_listen(args.listen)
     guard = ConnectionGuard(options.watcher, args.web_max_connections, header_timeout)
+
+    def report(open_connections: int, limit: int) -> None:
+        runtime.store.set_fact("m365_web_connections", float(open_connections))
+        runtime.store.set_fact("m365_web_connection_limit", float(limit))
+
+    guard.report = report
     site = GuardedSite(runner, host, port, guard)
     try:
         await site.start()

@@ -83,6 +83,17 @@ class ConnectionGuard:
         self.header_timeouts = 0
         self.tls_failures = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # (open connections, limit) -> e.g. store facts; called at most once a second, on change
+        self.report: Callable[[int, int], None] | None = None
+
+    async def report_loop(self) -> None:
+        last: tuple[int, int] | None = None
+        while True:
+            now = (len(self.open), self.limit)
+            if now != last and self.report is not None:
+                self.report(*now)
+                last = now
+            await asyncio.sleep(1.0)
 
     def admit(self, conn: GuardedProtocol) -> bool:
         self.accepted += 1
@@ -268,6 +279,7 @@ class GuardedSite(web.BaseSite):
                                                 self._port, backlog=self._backlog, reuse_address=True)
         if self._server.sockets:
             self.bound_port = self._server.sockets[0].getsockname()[1]
+        self.guard.spawn(self.guard.report_loop())
 
     async def stop(self) -> None:
         self.guard.close_all()
