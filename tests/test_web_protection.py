@@ -464,3 +464,25 @@ def test_basic_auth_caches_verified_results_without_keeping_the_password() -> No
     assert not auth.verify(rotated, "alice", "s3cret-pass")  # a changed hash is not served from the cache
     assert BasicAuth.parse_header("Basic " + "YWxpY2U6eA==") == ("alice", "x")
     assert BasicAuth.parse_header("Bearer abc") is None and BasicAuth.parse_header("Basic !!!") is None
+
+
+async def test_50_back_to_back_probes_of_one_mailbox_make_one_login(env: Env) -> None:
+    from tests.simenv import runtime_for
+
+    rt = await runtime_for(env.config(network_checks=False))  # no scheduled probes: every login is /probe's
+    try:
+        async with guarded_server(rt) as srv:  # the documented default spacing (30 s)
+            before = logins(env, "imap", "sales@contoso.example")
+            tokens = env.state.token_requests()
+            live = []
+            async with aiohttp.ClientSession() as http:
+                for _ in range(50):
+                    async with http.get(srv.url("/probe"), params={"mailbox": "sales@contoso.example",
+                                                                   "check": "imap"}) as r:
+                        assert r.status == 200
+                        live.append(r.headers["X-Probe-Live"])
+            assert logins(env, "imap", "sales@contoso.example") - before == 1
+            assert env.state.token_requests() - tokens <= 1
+            assert live[0] == "true" and set(live[1:]) == {"false"}
+    finally:
+        await rt.stop()
