@@ -10,8 +10,9 @@ wraps aiohttp's protocol factory:
   oldest idle connection (no request in progress: still sending its first header, or an idle
   keep-alive) is closed to make room, so a flood of idle sockets cannot
   lock Prometheus out; if none is idle, the newcomer is closed.
-- The TLS handshake and the first request's header must complete within `header_timeout`
-  (slowloris); idle keep-alive connections are closed after `idle_timeout` by aiohttp.
+- The TLS handshake and the first request's header, and on a keep-alive connection every later
+  request's header from its first byte, must complete within `header_timeout` (slowloris);
+  idle keep-alive connections are closed after `idle_timeout` by aiohttp.
 - TLS is started per connection with the web config's *current* SSLContext
   (`loop.start_tls`), so a rotated certificate, CA or client-auth policy applies to the next
   connection without a restart, and `client_allowed_sans` is checked after the handshake.
@@ -216,6 +217,10 @@ class GuardedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if not self.in_header and self.inner is not None and not getattr(self.inner, "_request_in_progress", True):
+            # bytes after a finished request start the next request's header: same deadline as the first
+            self.in_header, self._tail = True, b""
+            self._timer = asyncio.get_running_loop().call_later(self.guard.header_timeout, self._header_timeout)
         if self.in_header:
             buf = self._tail + data
             if b"\r\n\r\n" in buf:

@@ -268,6 +268,27 @@ async def test_slowloris_is_closed_by_the_header_timeout_and_the_cap_evicts_idle
             assert closed and after < 2.5, after
             assert srv.guard.header_timeouts >= 1
 
+            def slow_second_request() -> tuple[bool, float]:
+                """One good request on a keep-alive connection, then the next header dribbles in."""
+                with socket.create_connection(("127.0.0.1", srv.port), timeout=2) as s:
+                    s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+                    s.settimeout(2)
+                    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+                    time.sleep(0.2)
+                    t0 = time.monotonic()
+                    s.sendall(b"GET /metrics HTTP/1.1\r\n")
+                    for _ in range(20):
+                        try:
+                            s.sendall(b"X")
+                        except OSError:
+                            return True, time.monotonic() - t0
+                        if _recv_closed(s, 0.2):
+                            return True, time.monotonic() - t0
+                    return False, time.monotonic() - t0
+
+            closed, after = await asyncio.to_thread(slow_second_request)
+            assert closed and after < 2.5, after  # not the 60 s idle timeout
+
             idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(5)]
             try:
                 await asyncio.sleep(0.2)
