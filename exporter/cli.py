@@ -79,16 +79,13 @@ async def serve(args: argparse.Namespace) -> int:
     from .runtime import Runtime
     from .web import make_app
     from .webconfig import WebConfigError
-    from .webflags import timeouts, web_options
-    from .webserver import ConnectionGuard, GuardedSite, raise_nofile_limit
+    from .webflags import guarded_site, prepare_web
 
     try:
-        options = web_options(args)
-        header_timeout, idle_timeout = timeouts(args)
+        web_setup = prepare_web(args)
     except (WebConfigError, ValueError) as err:
         print(err, file=sys.stderr)
         return 2
-    raise_nofile_limit()
     demo = None
     tmp = None
     if args.demo:
@@ -111,18 +108,11 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = Runtime(config, config_path)
     runtime.start()
-    app = make_app(runtime, options)
-    runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
+    app = make_app(runtime, web_setup.options)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=web_setup.idle_timeout)
     await runner.setup()
     host, port = parse_listen(args.listen)
-    guard = ConnectionGuard(options.watcher, args.web_max_connections, header_timeout)
-
-    def report(open_connections: int, limit: int) -> None:
-        runtime.store.set_fact("m365_web_connections", float(open_connections))
-        runtime.store.set_fact("m365_web_connection_limit", float(limit))
-
-    guard.report = report
-    site = GuardedSite(runner, host, port, guard)
+    site = guarded_site(runner, runtime, host, port, web_setup)
     try:
         await site.start()
     except OSError as exc:
@@ -158,18 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in (None, "serve"):
         return int(args.func(args))
     if args.config_check:
-        rc = 0
-        if args.web_config_file:  # first, so both files' problems show in one run
-            from .webconfig import WebConfigError, load_web_config
+        from .webflags import check_web_config
 
-            try:
-                web_cfg = load_web_config(args.web_config_file)
-            except WebConfigError as err:
-                print(err, file=sys.stderr)
-                rc = 2
-            else:
-                print(f"{args.web_config_file}: OK (tls {'on' if web_cfg.tls else 'off'}, "
-                      f"{len(web_cfg.users)} basic-auth users)")
+        rc = check_web_config(args)  # first, so both files' problems show in one run
         try:
             cfg = load_config(args.config_file)
         except ConfigError as err:

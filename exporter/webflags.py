@@ -8,11 +8,26 @@ are this exporter's own, with defaults documented in docs/configuration.md.
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .ondemand import DEFAULT_MIN_INTERVAL, DEFAULT_POOL_SIZE
 from .webconfig import WebConfigWatcher
 from .websecurity import WebOptions, route_prefix_for
-from .webserver import DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS
+from .webserver import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    ConnectionGuard,
+    GuardedSite,
+    raise_nofile_limit,
+)
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .runtime import Runtime
 
 
 def add_web_flags(p: argparse.ArgumentParser, top: bool = True) -> None:
@@ -73,3 +88,48 @@ def timeouts(args: argparse.Namespace) -> tuple[float, float]:
     if not (0 < header < float("inf") and 0 < idle < float("inf")):
         raise ValueError("--web.read-header-timeout and --web.idle-timeout must be positive durations")
     return header, idle
+
+
+@dataclass(frozen=True)
+class WebSetup:
+    options: WebOptions
+    header_timeout: float
+    idle_timeout: float
+    max_connections: int
+
+
+def prepare_web(args: argparse.Namespace) -> WebSetup:
+    """Everything `serve` needs for the web port, validated before anything starts; raises
+    WebConfigError or ValueError (exit 2). Raises the descriptor limit as a side effect."""
+    options = web_options(args)
+    header, idle = timeouts(args)
+    raise_nofile_limit()
+    return WebSetup(options, header, idle, args.web_max_connections)
+
+
+def guarded_site(runner: web.AppRunner, runtime: Runtime, host: str, port: int, setup: WebSetup) -> GuardedSite:
+    """The listening site (connection cap, header timeout, per-connection TLS); its connection
+    count is exported as m365_web_connections / m365_web_connection_limit."""
+    guard = ConnectionGuard(setup.options.watcher, setup.max_connections, setup.header_timeout)
+
+    def report(open_connections: int, limit: int) -> None:
+        runtime.store.set_fact("m365_web_connections", float(open_connections))
+        runtime.store.set_fact("m365_web_connection_limit", float(limit))
+
+    guard.report = report
+    return GuardedSite(runner, host, port, guard)
+
+
+def check_web_config(args: argparse.Namespace) -> int:
+    """`--config.check` for the web config: 0 valid (or none given), 2 invalid; prints the verdict."""
+    if not args.web_config_file:
+        return 0
+    from .webconfig import WebConfigError, load_web_config
+
+    try:
+        cfg = load_web_config(args.web_config_file)
+    except WebConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"{args.web_config_file}: OK (tls {'on' if cfg.tls else 'off'}, {len(cfg.users)} basic-auth users)")
+    return 0
