@@ -230,7 +230,7 @@ def make_app(runtime: Runtime, options: WebOptions | None = None) -> web.Applica
     routes[ONDEMAND] = OnDemand(options.probe_min_interval, options.probe_concurrency)
     routes.router.add_get("/", landing)
     routes.router.add_get("/metrics", metrics)
-    routes.router.add_get("/probe", probe)
+    routes.router.add_get("/probe", probe, allow_head=False)  # a HEAD (link checkers) must not log in
     routes.router.add_get("/debug", debug_last)
     routes.router.add_get("/-/healthy", healthy)
     routes.router.add_get("/-/ready", ready)

@@ -505,5 +505,7 @@ async def test_50_back_to_back_probes_of_one_mailbox_make_one_login(env: Env) ->
             assert logins(env, "imap", "sales@contoso.example") - before == 1
             assert env.state.token_requests() - tokens <= 1
             assert live[0] == "true" and set(live[1:]) == {"false"}
+            assert await _status(srv.url("/probe"), {"mailbox": "sales@contoso.example", "check": "imap"},
+                                 method="HEAD") == 405  # link checkers' HEAD never logs in
     finally:
         await rt.stop()
