@@ -32,7 +32,8 @@ def _add_common(p: argparse.ArgumentParser, top: bool = False) -> None:
     d = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
     p.add_argument("--config.file", dest="config_file", default=d(DEFAULT_CONFIG),
                    help=f"path to the YAML config (default: {DEFAULT_CONFIG})")
-    p.add_argument("--log.level", dest="log_level", default=d("info"), choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log.level", dest="log_level", default=d("info"),
+                   choices=["debug", "info", "warn", "warning", "error"], help="warn is warning (Go exporters' name)")
     p.add_argument("--log.format", dest="log_format", default=d("logfmt"), choices=["logfmt", "json"])
 
 
@@ -46,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                    help="address to serve /metrics on (default: %(default)s)")
     p.add_argument("--config.check", dest="config_check", action="store_true",
-                   help="validate the config file and exit (0 valid, 2 invalid)")
+                   help="validate the config file (and --web.config.file) and exit (0 valid, 2 invalid)")
+    from .webflags import add_web_flags
+
+    add_web_flags(p)
     p.add_argument("--demo", action="store_true",
                    help="run against the bundled Microsoft 365 simulator on loopback (no tenant needed)")
     p.add_argument("--demo.sim-port", dest="demo_sim_port", type=int, default=0,
@@ -59,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sharding import add_shard_flags
 
     add_shard_flags(p, s)
+    add_web_flags(s, top=False)
     from .commands import register_commands
 
     register_commands(sub, _add_common)
@@ -95,10 +100,13 @@ async def serve(args: argparse.Namespace) -> int:
     from .runtime import Runtime
     from .sharding import ShardError, shard_from_args
     from .web import make_app
+    from .webconfig import WebConfigError
+    from .webflags import guarded_site, prepare_web
 
     try:
         shard = shard_from_args(args)
-    except ShardError as err:
+        web_setup = prepare_web(args)
+    except (ShardError, WebConfigError, ValueError) as err:
         print(err, file=sys.stderr)
         return 2
     demo = None
@@ -126,11 +134,11 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = Runtime(config, config_path)
     runtime.shard = shard
-    app = make_app(runtime)
-    runner = web.AppRunner(app, access_log=None)
+    app = make_app(runtime, web_setup.options)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=web_setup.idle_timeout)
     await runner.setup()
     host, port = parse_listen(args.listen)
-    site = web.TCPSite(runner, host, port)
+    site = guarded_site(runner, runtime, host, port, web_setup)
     try:
         await site.start()
     except OSError as exc:
@@ -172,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     if args.config_check:
         from .configcheck import environment_problems
+        from .webflags import check_web_config
 
+        rc = check_web_config(args)  # first, so both files' problems show in one run
         try:
             cfg = load_config(args.config_file)
         except ConfigError as err:
@@ -183,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(f"{args.config_file}: {p}" for p in problems), file=sys.stderr)
             return 2
         print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
-        return 0
+        return rc
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:

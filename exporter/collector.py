@@ -230,6 +230,8 @@ class M365Collector(Collector):
             ("m365_mailboxes", "Configured mailboxes"),
             ("m365_credentials", "Configured credentials"),
             ("m365_scheduler_queue_wait_seconds", "How long the last probe waited for a concurrency slot"),
+            ("m365_web_connections", "Open connections to the web port"),
+            ("m365_web_connection_limit", "Cap on web connections (--web.max-connections within the fd budget)"),
         ):
             if name in facts:
                 yield GaugeMetricFamily(name, doc, value=facts[name])

@@ -86,6 +86,7 @@ class Reason(StrEnum):
     PROXY_ERROR = "proxy_error"
     # anything else
     UNKNOWN = "unknown"
+    EXPORTER_OVERLOADED = "exporter_overloaded"
 
     @property
     def info(self) -> ReasonInfo:
@@ -347,6 +348,10 @@ CATALOGUE: dict[Reason, ReasonInfo] = {
         X, "unclassified failure",
         "Report the detail shown with the exporter version; the redacted dialogue is on the exporter's /probe "
         "page with debug=true (for a mail check) or from `--log.level debug`.", "index"),
+    R.EXPORTER_OVERLOADED: ReasonInfo(
+        X, "the exporter itself ran out of file descriptors (EMFILE/ENFILE), not Microsoft 365",
+        "Check who holds connections to the web port (ss -tnp sport = :9731), lower --web.max-connections "
+        "or raise LimitNOFILE in the systemd unit; the mailbox and its credentials are not at fault.", "index"),
 }
 
 # AADSTS error code -> reason. Codes from Microsoft's reference-error-codes page.

@@ -338,8 +338,11 @@ class Runtime:
                                 fixer=self._fixer(("endpoint", ep.host, str(ep.port))))
         return result
 
-    async def probe_now(self, mailbox: str, check: str) -> ProbeResult:
-        """Run one check immediately (GET /probe, `check` CLI): records like a scheduled probe."""
+    async def probe_now(self, mailbox: str, check: str, slot: asyncio.Semaphore | None = None) -> ProbeResult:
+        """Run one check immediately (GET /probe, `check` CLI): records like a scheduled probe.
+
+        `slot` is the concurrency limit to run under: GET /probe passes its own pool
+        (exporter/ondemand.py) so on-demand probes never take a scheduled probe's slot."""
         m = self.config.find_mailbox(mailbox)
         if m is None:
             other = self.unsharded.find_mailbox(mailbox) if self.shard.sharded else None
@@ -349,7 +352,7 @@ class Runtime:
             raise KeyError(f"unknown mailbox {mailbox!r}")
         if check not in ("token", "imap", "pop3", "smtp"):
             raise KeyError(f"unknown check {check!r} (token, imap, pop3, smtp)")
-        async with self.scheduler.slot:  # on-demand probes share the scheduled probes' limit
+        async with slot or self.scheduler.slot:
             if check == "token":
                 return await self.run_token_probe(m.credential)
             return await self.run_mail_probe(MailTarget(m, check))

@@ -1,15 +1,20 @@
-"""HTTP endpoints: /metrics, /probe, landing page, health, readiness and reload.
+"""HTTP endpoints: /metrics, /probe, /debug, landing page, health, readiness and reload.
 
 Why aiohttp on the probe event loop: one process, one loop; /metrics serves cached bytes
 rendered in a worker thread, so scrapes stay fast even while thousands of probes run.
-`/probe` runs one check on demand (for debugging and blackbox-style use); its debug output
-is a redacted transcript with the classified reason and the operator's fix.
+`/probe` runs one check on demand (for debugging and blackbox-style use) through
+exporter/ondemand.py (own pool, single-flight, minimum spacing per target); its debug output
+is a redacted transcript with the classified reason and the operator's fix. `/debug` shows the
+last *recorded* result and never probes, so a crawler following the landing page's links
+never causes a login. Authentication, headers and the access log are a middleware
+(exporter/websecurity.py); `/-/reload` needs `--web.enable-lifecycle`, POST and same origin.
 """
 
 from __future__ import annotations
 
 import html
 import time
+from urllib.parse import urlencode
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -19,23 +24,33 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__
 from .fixes import fix_for_key, fix_for_mail
+from .ondemand import Busy, OnDemand
 from .probes.result import ProbeResult
 from .runtime import Runtime
+from .websecurity import Security, WebOptions
 
 RUNTIME = web.AppKey("runtime", Runtime)
+OPTIONS = web.AppKey("options", WebOptions)
+SECURITY = web.AppKey("security", Security)
+ONDEMAND = web.AppKey("ondemand", OnDemand)
+CHECKS = ("token", "imap", "pop3", "smtp")
 
 
 class _OneResult(Collector):
     """Exposition of a single on-demand probe result (GET /probe without debug)."""
 
-    def __init__(self, result: ProbeResult, labels: dict[str, str]) -> None:
-        self.result, self.labels = result, labels
+    def __init__(self, result: ProbeResult, labels: dict[str, str], live: bool = True, age: float = 0.0) -> None:
+        self.result, self.labels, self.live, self.age = result, labels, live, age
 
     def collect(self):  # type: ignore[no-untyped-def]
         names, values = list(self.labels), list(self.labels.values())
         r = self.result
         yield self._g("m365_probe_success", "1 if this probe succeeded", names, values, 1.0 if r.success else 0.0)
         yield self._g("m365_probe_duration_seconds", "Duration of this probe", names, values, r.duration)
+        yield self._g("m365_probe_live", "1 if this request ran the probe, 0 if it is a recorded result served "
+                      "inside the minimum spacing", names, values, 1.0 if self.live else 0.0)
+        yield self._g("m365_probe_result_age_seconds", "Seconds since this result was measured", names, values,
+                      self.age)
         if r.reason is not None:
             fam = GaugeMetricFamily("m365_probe_failure_info", "1 with the failure reason", labels=[*names, "reason"])
             fam.add_metric([*values, r.reason.value], 1.0)
@@ -51,12 +66,14 @@ class _OneResult(Collector):
 
 
 def render_debug(mailbox: str, check: str, result: ProbeResult, credential: str | None = None,
-                 fix: str | None = None) -> str:
+                 fix: str | None = None, recorded: str | None = None) -> str:
     lines = [
         f"mailbox: {mailbox}",
         f"check:   {check}",
         f"result:  {'SUCCESS' if result.success else 'FAILURE'} in {result.duration:.3f}s",
     ]
+    if recorded:
+        lines.append(f"NOT LIVE: {recorded}")
     if result.reason is not None:
         lines += [
             f"reason:  {result.reason.value} ({result.reason.summary})",
@@ -76,25 +93,78 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def probe(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+def _target(request: web.Request) -> tuple[str, str, web.Response | None]:
+    """(mailbox, check, error answer): 400 for a malformed request, 404 for a target not configured."""
+    rt = request.config_dict[RUNTIME]
     mailbox = request.query.get("mailbox", "")
     check = request.query.get("check", "")
-    debug = request.query.get("debug", "").lower() in ("1", "true", "yes")
     if not mailbox or not check:
-        return web.Response(status=400, text="usage: /probe?mailbox=ADDRESS&check=token|imap|pop3|smtp[&debug=true]\n")
+        return mailbox, check, web.Response(
+            status=400, text="usage: probe?mailbox=ADDRESS&check=token|imap|pop3|smtp[&debug=true]\n")
+    if check not in CHECKS:
+        return mailbox, check, web.Response(status=400, text=f"unknown check {check!r} ({', '.join(CHECKS)})\n")
+    m = rt.config.find_mailbox(mailbox)
+    if m is None:
+        return mailbox, check, web.Response(status=404, text=f"unknown mailbox {mailbox!r}\n")
+    if check != "token" and check not in m.checks:
+        return mailbox, check, web.Response(
+            status=404, text=f"check {check!r} is not configured for {mailbox} (configured: token, "
+                             f"{', '.join(m.checks)})\n")
+    return m.label, check, None
+
+
+async def probe(request: web.Request) -> web.Response:
+    rt = request.config_dict[RUNTIME]
+    label, check, error = _target(request)
+    if error is not None:
+        return error
+    debug = request.query.get("debug", "").lower() in ("1", "true", "yes")
+    m = rt.config.find_mailbox(label)
+    assert m is not None
+    # the token check logs in once per credential, so that is what the spacing protects
+    target = ("credential", m.credential) if check == "token" else ("mailbox", m.label, check)
+    state = rt.store.get(("mailbox", m.label, check))
+    recorded = state.last if state is not None else None
     try:
-        result = await rt.probe_now(mailbox, check)
-    except KeyError as exc:
-        return web.Response(status=404, text=f"{exc.args[0]}\n")
+        answer = await request.config_dict[ONDEMAND].run(
+            target, recorded, lambda pool: rt.probe_now(m.address, check, slot=pool))
+    except Busy as busy:
+        return web.Response(status=429, text="too many on-demand probes queued; retry later\n",
+                            headers={"Retry-After": str(round(busy.retry_after))})
+    headers = {"X-Probe-Live": "true" if answer.live else "false", "Age": str(int(answer.age))}
+    if not answer.live:
+        headers["Retry-After"] = str(max(1, round(answer.retry_after)))
     if debug:
-        found = rt.config.find_mailbox(mailbox)
-        cred = found.credential if found is not None else None
-        fix = fix_for_mail(rt.config, result.reason, mailbox, check) if result.reason else None
-        return web.Response(text=render_debug(mailbox, check, result, cred, fix), content_type="text/plain")
+        reason = answer.result.reason
+        fix = fix_for_mail(rt.config, reason, m.address, check) if reason else None
+        note = None if answer.live else (
+            f"recorded result from {answer.age:.0f}s ago (a live probe of this target runs at most every "
+            f"{request.config_dict[ONDEMAND].min_interval:.0f}s; next in {answer.retry_after:.0f}s)")
+        return web.Response(text=render_debug(m.address, check, answer.result, m.credential, fix, note),
+                            content_type="text/plain", headers=headers)
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_OneResult(result, {"mailbox": mailbox, "check": check}))
-    return web.Response(body=generate_latest(reg), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    reg.register(_OneResult(answer.result, {"mailbox": m.label, "check": check}, answer.live, answer.age))
+    headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return web.Response(body=generate_latest(reg), headers=headers)
+
+
+async def debug_last(request: web.Request) -> web.Response:
+    """The last recorded result's debug output: never probes (safe for crawlers and the landing page)."""
+    rt = request.config_dict[RUNTIME]
+    label, check, error = _target(request)
+    if error is not None:
+        return error
+    m = rt.config.find_mailbox(label)
+    assert m is not None
+    state = rt.store.get(("mailbox", m.label, check))
+    if state is None or state.last is None:
+        return web.Response(status=404, text=f"no result recorded yet for {m.address} {check}\n")
+    age = time.time() - state.last.finished_at
+    last = state.last
+    fix = fix_for_mail(rt.config, last.reason, m.address, check) if last.reason else None
+    note = f"recorded result from {age:.0f}s ago; run probe?...&debug=true for a live one"
+    return web.Response(text=render_debug(m.address, check, state.last, m.credential, note),
+                        content_type="text/plain")
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -102,18 +172,26 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.app[RUNTIME].ready():
+    if request.config_dict[RUNTIME].ready():
         return web.Response(text="Ready\n")
     return web.Response(status=503, text="Not ready: first probe round still running\n")
 
 
 async def reload(request: web.Request) -> web.Response:
-    ok, message = await request.app[RUNTIME].reload()
+    if not request.config_dict[OPTIONS].enable_lifecycle:
+        return web.Response(status=403, text="lifecycle APIs are not enabled (--web.enable-lifecycle)\n")
+    refused = request.config_dict[SECURITY].same_origin(request)
+    if refused is not None:
+        return web.Response(status=403, text=refused + "\n")
+    rt = request.config_dict[RUNTIME]
+    if not rt.config_path:
+        return web.Response(status=409, text="nothing to reload: no config file (demo mode)\n")
+    ok, message = await rt.reload()
     return web.Response(status=200 if ok else 500, text=message + "\n")
 
 
 async def landing(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
+    rt = request.config_dict[RUNTIME]
     snap = rt.store.snapshot()
     rows = []
     for key, st in sorted(snap.items()):
@@ -128,7 +206,7 @@ async def landing(request: web.Request) -> web.Response:
             fix = fix_for_key(rt.config, res.reason, key) if res.reason else ""
             age = f"{time.time() - res.finished_at:.0f}s ago"
         mailbox, check = key[1], key[2]
-        q = f"/probe?mailbox={html.escape(mailbox)}&amp;check={check}&amp;debug=true"
+        q = html.escape("debug?" + urlencode({"mailbox": mailbox, "check": check}))  # recorded result: no login
         colour = {"OK": "#1a7f37", "FAILING": "#cf222e"}.get(status, "#6e7781")
         rows.append(
             f"<tr><td>{html.escape(mailbox)}</td><td>{check}</td>"
@@ -139,20 +217,42 @@ async def landing(request: web.Request) -> web.Response:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}</style></head><body>
 <h1>m365-mail-exporter {__version__}</h1>
-<p><a href="/metrics">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Ready</a></p>
+<p><a href="metrics">Metrics</a> · <a href="-/healthy">Health</a> · <a href="-/ready">Ready</a></p>
 <table><tr><th>mailbox</th><th>check</th><th>status</th><th>reason</th><th>fix</th><th>last probe</th><th></th></tr>
 {''.join(rows) or '<tr><td colspan=7>no mailboxes configured</td></tr>'}
 </table></body></html>"""
     return web.Response(text=body, content_type="text/html")
 
 
-def make_app(runtime: Runtime) -> web.Application:
-    app = web.Application()
-    app[RUNTIME] = runtime
-    app.router.add_get("/", landing)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/probe", probe)
-    app.router.add_get("/-/healthy", healthy)
-    app.router.add_get("/-/ready", ready)
-    app.router.add_post("/-/reload", reload)
+def make_app(runtime: Runtime, options: WebOptions | None = None) -> web.Application:
+    """The web application; with a route prefix the routes live below it (Prometheus semantics)."""
+    options = options or WebOptions()
+    security = Security(options)
+    routes = web.Application()
+    routes[RUNTIME] = runtime
+    routes[OPTIONS] = options
+    routes[SECURITY] = security
+    routes[ONDEMAND] = OnDemand(options.probe_min_interval, options.probe_concurrency)
+    routes.router.add_get("/", landing)
+    routes.router.add_get("/metrics", metrics)
+    routes.router.add_get("/probe", probe, allow_head=False)  # a HEAD (link checkers) must not log in
+    routes.router.add_get("/debug", debug_last)
+    routes.router.add_get("/-/healthy", healthy)
+    routes.router.add_get("/-/ready", ready)
+    routes.router.add_post("/-/reload", reload)
+    prefix = options.route_prefix
+    if prefix == "/":
+        app = routes
+    else:
+        app = web.Application()
+        app[RUNTIME] = runtime
+
+        async def to_prefix(request: web.Request) -> web.Response:
+            raise web.HTTPFound(prefix + "/")
+
+        app.router.add_get("/", to_prefix)
+        app.router.add_get(prefix, to_prefix)
+        app.add_subapp(prefix + "/", routes)
+    app.middlewares.append(security.middleware)
+    app.on_response_prepare.append(security.on_prepare)
     return app

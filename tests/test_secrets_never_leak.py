@@ -41,7 +41,8 @@ async def test_no_secret_in_any_output(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "--config.file", str(cfg_path), "--web.listen-address",
-        f"127.0.0.1:{port}", "--log.level", "debug", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        f"127.0.0.1:{port}", "--log.level", "debug", "--web.probe-min-interval", "0",  # every /probe live
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     outputs: list[str] = []
     url = f"http://127.0.0.1:{port}"

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from exporter.config import load_config
 from exporter.runtime import Runtime
 from exporter.web import make_app
+from exporter.websecurity import WebOptions
 from tests.simenv import Env, env_fixture
 
 env = env_fixture()
@@ -26,15 +27,18 @@ def write_config(env: Env, path: Path, **kw: object) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def serving(env: Env, tmp_path: Path) -> AsyncIterator[tuple[Path, Runtime, TestClient]]:
+async def serving(env: Env, tmp_path: Path, options: WebOptions | None = None,
+                  ) -> AsyncIterator[tuple[Path, Runtime, TestClient]]:
     """A started Runtime (2 s interval) loaded from a config file, behind the HTTP app as `serve` wires it.
 
-    Yields (config file, runtime, client); the client and the runtime are stopped after.
+    Yields (config file, runtime, client); the client and the runtime are stopped after. By
+    default lifecycle is enabled and /probe has no spacing (each request probes live).
     """
     cfg_path = write_config(env, tmp_path / "cfg.yml", interval=2, token_interval=30)
     rt = Runtime(load_config(cfg_path), str(cfg_path))
     rt.start()
-    client = TestClient(TestServer(make_app(rt)))
+    options = options or WebOptions(enable_lifecycle=True, probe_min_interval=0.0)
+    client = TestClient(TestServer(make_app(rt, options)))
     await client.start_server()
     try:
         yield cfg_path, rt, client
@@ -78,7 +82,7 @@ async def test_metrics_probe_ready_and_landing(env: Env, tmp_path: Path) -> None
         assert "User is authenticated but not connected" in text
         assert "AUTHENTICATE XOAUTH2" in text and "eyJ" not in text
         assert (await client.get("/probe", params={"mailbox": "nobody@x.example", "check": "imap"})).status == 404
-        assert (await client.get("/probe", params={"mailbox": "sales@contoso.example", "check": "ftp"})).status == 404
+        assert (await client.get("/probe", params={"mailbox": "sales@contoso.example", "check": "ftp"})).status == 400
         assert (await client.get("/probe")).status == 400
         landing = await (await client.get("/")).text()
         assert "sales@contoso.example" in landing and "mailbox_not_accessible" in landing

@@ -112,6 +112,9 @@ def from_exception(exc: BaseException) -> TokenError:
     # Under a requests exception everything came off the socket; elsewhere only a socket error's own
     # type is evidence (a PermissionError saving the token cache has an errno, but is no firewall).
     wire = isinstance(exc, requests.exceptions.RequestException)
+    for cause in chain:  # no descriptor left (anywhere: socket, CA bundle): the exporter's own overload
+        if isinstance(cause, OSError) and neterrors.classify(cause) is Reason.EXPORTER_OVERLOADED:
+            return TokenError(Reason.EXPORTER_OVERLOADED, f"{name}: {neterrors.describe(cause)}")
     for cause in chain:
         if wire or isinstance(cause, socket.gaierror | ConnectionError):
             reason = neterrors.classify(cause)

@@ -17,6 +17,7 @@ Why this shape:
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import logging
 import time
@@ -94,6 +95,9 @@ def read_client_material(cred: Credential) -> tuple[Any, str]:
         else:
             secret = None
     except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):  # our descriptor table is full: the file is fine
+            raise TokenError(Reason.EXPORTER_OVERLOADED,
+                             f"cannot open the credential file: {exc.strerror} (exporter overloaded)") from None
         raise TokenError(Reason.CREDENTIAL_UNREADABLE, f"cannot read credential file: {exc.strerror}") from None
     if isinstance(secret, str):
         if not secret:

@@ -20,6 +20,8 @@ The mapping:
   20, 21, ...) -> tls_untrusted. Any other ssl.SSLError -> tls_handshake_failed.
 - socket.gaierror: the name or its address does not exist -> dns_nxdomain; anything else
   (glibc folds SERVFAIL and an unanswered resolver into EAI_AGAIN) -> dns_servfail.
+- EMFILE/ENFILE (no descriptor left for a socket) -> exporter_overloaded: the exporter's own
+  overload, so the fix points at the exporter, not at the network path.
 - anything else -> unknown.
 
 `describe` words an exception for a result's detail from its type and structured fields only
@@ -69,6 +71,8 @@ ERRNO_REASONS: dict[int, Reason] = {
         Reason.CONNECTION_REFUSED),
     **dict.fromkeys((errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE), Reason.CONNECTION_RESET),
     errno.ETIMEDOUT: Reason.TIMEOUT,
+    # the exporter's own descriptor table (or the system's) is full: our overload, not the path's
+    **dict.fromkeys((errno.EMFILE, errno.ENFILE), Reason.EXPORTER_OVERLOADED),
 }
 
 _TLS_CLOSED = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
@@ -127,6 +131,8 @@ def describe(exc: BaseException) -> str:
             return f"{code_name}: connection lost"
         if reason is Reason.TIMEOUT:
             return f"{code_name}: no answer from the server"
+        if reason is Reason.EXPORTER_OVERLOADED:
+            return f"{code_name}: the exporter has no file descriptor left"
     if isinstance(exc, TimeoutError):
         return "no answer"
     return f"unexpected {name} ({code_name})" if code_name else f"unexpected {name}"
