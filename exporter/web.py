@@ -163,7 +163,7 @@ async def debug_last(request: web.Request) -> web.Response:
     last = state.last
     fix = fix_for_mail(rt.config, last.reason, m.address, check) if last.reason else None
     note = f"recorded result from {age:.0f}s ago; run probe?...&debug=true for a live one"
-    return web.Response(text=render_debug(m.address, check, state.last, m.credential, note),
+    return web.Response(text=render_debug(m.address, check, last, m.credential, fix, note),
                         content_type="text/plain")
 
 
