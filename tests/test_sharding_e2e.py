@@ -30,7 +30,27 @@ import yaml
 import alerts.generate as gen
 from exporter.simulator.seed import add_mailbox
 from tests.simenv import APP_ID, CERT_APP_ID, Env, start_env
-from tests.test_alerting_e2e import SHORT, Processes, free_port, http_get, need, prom_query, wait_for
+from tests.test_alerting_e2e import Processes, free_port, http_get, need, prom_query, wait_for
+
+# the shipped rules with every duration shortened to seconds (the shard tests run for ~15 s)
+SHORT = {
+    "gap_tolerance": "3s",
+    "alerts": {
+        "M365MailboxAuthFailing": {"window": "3s", "for": "1s"},
+        "M365TokenRefreshFailing": {"window": "4s", "for": "1s"},
+        "M365TokenWrongIdentity": {"window": "3s", "for": "1s"},
+        "M365TokenMissingScope": {"window": "3s", "for": "1s"},
+        "M365ClientSecretExpiringSoon": {"for": "1s"},
+        "M365ClientSecretExpired": {"for": "1s"},
+        "M365TLSCertificateExpiringSoon": {"for": "1s"},
+        "M365TLSCertificateInvalid": {"window": "3s", "for": "1s"},
+        "M365EndpointUnreachable": {"window": "3s", "for": "1s"},
+        "M365ProbesStale": {"for": "5s"},
+        "M365ExporterDown": {"for": "5s"},
+        "M365ConfigReloadFailed": {"for": "1s"},
+    },
+}
+
 
 ROOT = Path(__file__).resolve().parent.parent
 JOB = "m365-mail-exporter"
