@@ -24,7 +24,6 @@ does), so the reserve is large in practice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import oscompat
 from .webconfig import WebConfigWatcher
 
 log = logging.getLogger(__name__)
@@ -44,27 +44,14 @@ FD_RESERVE_MIN = 256  # descriptors always left for probes, token requests, file
 
 
 def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return 0
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return int(soft)
+    """Raise the soft descriptor limit to the hard limit; returns the soft limit now in force (0: none)."""
+    return oscompat.raise_descriptor_limit() or 0
 
 
 def fd_budget(max_connections: int) -> int:
     """The connection cap after keeping a reserve of descriptors (a quarter, at least 256)."""
-    try:
-        import resource
-    except ImportError:
-        return max_connections
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    soft = oscompat.descriptor_limit()
+    if soft is None:
         return max_connections
     reserve = max(FD_RESERVE_MIN, soft // 4)
     return max(1, min(max_connections, soft - reserve))

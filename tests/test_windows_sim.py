@@ -74,6 +74,7 @@ async def test_serve_on_simulated_windows_reloads_on_file_change_and_stops_on_ct
     child.update(M365_WINSIM_CONFIG_POLL="0.2", M365_WINSIM_ACL_STORE=str(tmp_path / "acl.json"))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "exporter", "--config.file", str(cfg), "--web.listen-address", f"127.0.0.1:{port}",
+        "--web.enable-lifecycle",
         env=child, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"

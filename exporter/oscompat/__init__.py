@@ -30,9 +30,22 @@ from .base import Exposure, Platform, Triggers
 from .posix import PosixPlatform
 
 __all__ = [
-    "Exposure", "Platform", "Triggers", "current", "default_config_path", "descriptor_limit", "enable_ansi",
+    "Exposure",
+    "Platform",
+    "Triggers",
+    "current",
+    "default_config_path",
+    "descriptor_limit",
+    "enable_ansi",
     "exposure",
-    "fsync_dir", "install_triggers", "is_windows", "make_private_dir", "protect_file", "replace", "select",
+    "fsync_dir",
+    "install_triggers",
+    "is_windows",
+    "make_private_dir",
+    "protect_file",
+    "raise_descriptor_limit",
+    "replace",
+    "select",
 ]
 
 
@@ -95,6 +108,12 @@ def descriptor_limit() -> int | None:
     """The soft limit on open file descriptors (POSIX RLIMIT_NOFILE), None where there is no such limit
     (Windows sockets are kernel handles, not C runtime descriptors). For sizing connection caps."""
     return _current.descriptor_limit()
+
+
+def raise_descriptor_limit() -> int | None:
+    """Raise the soft descriptor limit to the hard one (a web-port flood must not starve probes of
+    descriptors); returns the soft limit now in force, None where there is no such limit."""
+    return _current.raise_descriptor_limit()
 
 
 def enable_ansi(stream: TextIO) -> bool:

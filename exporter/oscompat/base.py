@@ -135,6 +135,9 @@ class Platform:
     def descriptor_limit(self) -> int | None:
         return None
 
+    def raise_descriptor_limit(self) -> int | None:
+        return None
+
     def install_triggers(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None],
                          reload: Callable[[], Awaitable[object]], config_path: str | Path | None) -> Triggers:
         raise NotImplementedError

@@ -53,6 +53,17 @@ class PosixPlatform(Platform):
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return None if soft == resource.RLIM_INFINITY else int(soft)
 
+    def raise_descriptor_limit(self) -> int | None:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError):
+                pass  # a container may forbid it: keep the soft limit
+        return self.descriptor_limit()
+
     def enable_ansi(self, stream: TextIO) -> bool:
         return True  # every POSIX terminal speaks ANSI; whether to colour at all is decided by the caller
 
