@@ -95,6 +95,7 @@ async def serve(args: argparse.Namespace) -> int:
         config_path = args.config_file
 
     runtime = Runtime(config, config_path)
+    runtime.demo = demo is not None
     runtime.start()
     app = make_app(runtime)
     runner = web.AppRunner(app, access_log=None)
