@@ -176,6 +176,7 @@ def build(rt: Runtime, now: float | None = None) -> Board:
         board.endpoints.append((f"{key[1]}:{key[2]}", None if res is None else res.success,
                                 res.reason.value if res is not None and res.reason else "",
                                 float(tls) if isinstance(tls, int | float) else None))
+    board.endpoints.sort(key=lambda e: (e[1] is not False, e[0]))  # failing first
     return board
 
 

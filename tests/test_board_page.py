@@ -55,8 +55,10 @@ async def broken_runtime(env: Any) -> Any:
     env.state.token_faults[APP_ID] = type(env.state.fault_for())(aadsts=7000222)
     env.state.mailboxes["billing@contoso.example"].not_accessible = True
     env.state.mailboxes["support@contoso.example"].oldest_received = time.time() - 2 * 3600
-    rt = await runtime_for(env.config(mailboxes, network_checks=False))
+    rt = await runtime_for(env.config(mailboxes))
     rt.demo = True
+    for ep in rt.unique_endpoints(rt.config).values():
+        await rt.run_endpoint_probe(ep)
     for name in rt.config.credentials:
         await rt.run_token_probe(name)
     for m in rt.config.mailboxes:
@@ -133,6 +135,10 @@ async def test_board_in_chromium(env: Any) -> None:
                 assert [f for _, f in cards] == ["1", "1", "1"] or cards[-1][1] <= cards[0][1]
                 support = page.locator('#mailboxes .card[data-mailbox="support@contoso.example"]')
                 assert "oldest waiting 2h" in await support.inner_text()
+                tls = page.locator(f'#endpoints [data-endpoint="127.0.0.1:{env.sim.imap_port}"]')
+                assert "TLS certificate" in await tls.inner_text() and "in " in await tls.inner_text()
+                refused = page.locator(f'#endpoints [data-endpoint="127.0.0.1:{dead}"]')
+                assert "connection_refused" in await refused.inner_text()
                 assert await page.locator('[data-credential="delegate"] .kv').count() >= 1  # token countdown
                 assert "in " in await page.locator('[data-credential="delegate"] .kv').first.inner_text()
 
