@@ -63,6 +63,7 @@ ALERT_KEYS: dict[str, tuple[str, ...]] = {
     "M365TLSCertificateInvalid": ("window", "for"),
     "M365EndpointUnreachable": ("window", "for"),
     "M365MailboxBacklogGrowing": ("min_increase", "increase_window", "deriv_window", "for"),
+    "M365MailboxConsumerStalled": ("max_age", "for"),
     "M365ProbesStale": ("interval_factor", "for"),
     "M365ExporterDown": ("for",),
     "M365ConfigReloadFailed": ("for",),
@@ -77,6 +78,7 @@ DEFAULT_SEVERITY = {
     "M365TLSCertificateInvalid": "critical",
     "M365EndpointUnreachable": "critical",
     "M365MailboxBacklogGrowing": "warning",
+    "M365MailboxConsumerStalled": "warning",
     "M365ProbesStale": "warning",
     "M365ExporterDown": "critical",
     "M365ConfigReloadFailed": "warning",
@@ -164,7 +166,7 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
             if k not in a:
                 raise ConfigError(f"alerts.{name}.{k}: missing")
             where = f"alerts.{name}.{k}"
-            if k in ("window", "for", "increase_window", "deriv_window"):
+            if k in ("window", "for", "increase_window", "deriv_window", "max_age"):
                 _duration(where, a[k])
             else:
                 _number(where, a[k])
@@ -241,6 +243,16 @@ def _indent(text: str, n: int = 2) -> str:
 
 def _days(d: float) -> str:
     return f"{d:g} * 86400"
+
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def _seconds(duration: str) -> float:
+    """A Prometheus duration (`90m`, `1h30m`) in seconds, for comparisons with timestamps
+    (Prometheus 2.x has no duration literals in expressions)."""
+    parts = re.findall(r"(\d+)(ms|[smhdwy])", duration)
+    return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 # --------------------------------------------------------------------------- annotation helpers
@@ -519,6 +531,20 @@ def build_rules(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "The INBOX of mailbox {{ $labels.mailbox }} grew by {{ $value | humanize }} messages in the last "
         f"{a['increase_window']} and is still growing: the application that reads this mailbox (ticketing, "
         "ECE, ...) has probably stopped fetching mail. Check that application, not Microsoft 365.",
+        dash("m365-mailbox", "mailbox"),
+    )
+
+    # ---- the consumer that stopped: the oldest INBOX message's age (age-based: low-volume mailboxes too)
+    a = A["M365MailboxConsumerStalled"]
+    add(
+        "M365MailboxConsumerStalled",
+        f"time() - {q.last('m365_mailbox_oldest_message_timestamp_seconds')} > {_seconds(a['max_age']):g}",
+        a["for"], "warning",
+        "Mail waits unread in a mailbox: its consuming application has stopped reading",
+        "The oldest message in the INBOX of mailbox {{ $labels.mailbox }} has been waiting for "
+        f"{{{{ $value | humanizeDuration }}}} (threshold {a['max_age']}): the application that reads this mailbox "
+        "(ECE retriever, ticketing, ...) has stopped fetching mail, though the exporter's own login works. "
+        "Check that application's service, its own OAuth token and its mailbox settings.",
         dash("m365-mailbox", "mailbox"),
     )
 

@@ -134,6 +134,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = Runtime(config, config_path)
     runtime.shard = shard
+    runtime.demo = demo is not None
     app = make_app(runtime, web_setup.options)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=web_setup.idle_timeout)
     await runner.setup()

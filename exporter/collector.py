@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .exposition import render_registry
+from .probes.oldest import OLDEST_FACT
 from .store import KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0
@@ -87,6 +88,12 @@ class M365Collector(Collector):
             "m365_mailbox_messages", "Messages in INBOX from IMAP EXAMINE or POP3 STAT (from background probes)",
             labels=["mailbox"],
         )
+        oldest_by_mailbox: dict[str, tuple[float, float]] = {}
+        oldest = GaugeMetricFamily(
+            "m365_mailbox_oldest_message_timestamp_seconds",
+            "Arrival of the oldest INBOX message from IMAP FETCH INTERNALDATE or POP3 TOP Date (from background "
+            "probes; absent when INBOX is empty)", labels=["mailbox"],
+        )
         cg = lambda n, d: GaugeMetricFamily(n, d + " (from background token probes)", labels=["credential"])  # noqa: E731
         tok_ok = cg("m365_token_refresh_success", "1 if the last forced token refresh succeeded")
         tok_dur = cg("m365_token_refresh_duration_seconds", "Duration of the last token refresh")
@@ -140,6 +147,7 @@ class M365Collector(Collector):
             if kind == "mailbox":
                 self._mailbox(key, st, now, success, duration, last_run, last_ok, interval, overdue, total,
                               failures, failing, messages_by_mailbox)
+                self._latest_fact(key[1], st, OLDEST_FACT, oldest_by_mailbox)
             elif kind == "credential":
                 name = key[1]
                 res = st.last
@@ -193,6 +201,10 @@ class M365Collector(Collector):
 
         for mailbox, (_, value) in messages_by_mailbox.items():
             messages.add_metric([mailbox], value)
+            if value == 0:  # INBOX emptied since an older probe saw a message: nothing waits
+                oldest_by_mailbox.pop(mailbox, None)
+        for mailbox, (_, value) in oldest_by_mailbox.items():
+            oldest.add_metric([mailbox], value)
         for host, (_, ok, dur) in dns_seen.items():
             dns_ok.add_metric([host], ok)
             if dur is not None:
@@ -220,7 +232,7 @@ class M365Collector(Collector):
                                       labels=["shard", "shards"])
             shard.add_metric([str(int(facts["shard_index"])), str(int(facts["shard_total"]))], 1.0)
             yield shard
-        yield from (success, duration, last_run, last_ok, interval, overdue, total, failures, failing, messages,
+        yield from (success, duration, last_run, last_ok, interval, overdue, total, failures, failing, messages, oldest,
                     tok_ok, tok_dur, tok_exp, tok_last, tok_id, tok_fail, tok_fail_info, tok_req, tok_scope,
                     secret_exp, audit_ok, audit_fail, redirect_ok, info, mailbox_info, dns_ok, dns_dur, tcp_ok,
                     tcp_dur, tls_ok, tls_dur, tls_ver, tls_verified, tls_exp, ep_fail, build)
@@ -264,6 +276,17 @@ class M365Collector(Collector):
             prev = messages.get(mailbox)
             if prev is None or prev[0] < res.finished_at:
                 messages[mailbox] = (res.finished_at, float(res.facts["messages"]))
+
+
+    @staticmethod
+    def _latest_fact(mailbox: str, st: KeyState, fact: str, out: dict[str, tuple[float, float]]) -> None:
+        """Keep the most recent value of a per-mailbox fact reported by several checks (IMAP and POP3)."""
+        res = st.last
+        if res is None or not isinstance(res.facts.get(fact), int | float):
+            return
+        prev = out.get(mailbox)
+        if prev is None or prev[0] < res.finished_at:
+            out[mailbox] = (res.finished_at, float(res.facts[fact]))
 
 
 class MetricsRenderer:

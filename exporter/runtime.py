@@ -88,6 +88,7 @@ class Runtime:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.demo = False  # serving the bundled simulator (--demo): the status board says so
         self.store = ResultStore()
         self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait)
         self.providers: dict[str, TokenProvider] = {}

@@ -12,9 +12,7 @@ never causes a login. Authentication, headers and the access log are a middlewar
 
 from __future__ import annotations
 
-import html
 import time
-from urllib.parse import urlencode
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -22,8 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__
-from .fixes import fix_for_key, fix_for_mail
+from . import board
+from .fixes import fix_for_mail
 from .ondemand import Busy, OnDemand
 from .probes.result import ProbeResult
 from .runtime import Runtime
@@ -191,37 +189,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    rt = request.config_dict[RUNTIME]
-    snap = rt.store.snapshot()
-    rows = []
-    for key, st in sorted(snap.items()):
-        if key[0] != "mailbox":
-            continue
-        res = st.last
-        if res is None:
-            status, reason, fix, age = "pending", "", "", ""
-        else:
-            status = "OK" if res.success else "FAILING"
-            reason = res.reason.value if res.reason else ""
-            fix = fix_for_key(rt.config, res.reason, key) if res.reason else ""
-            age = f"{time.time() - res.finished_at:.0f}s ago"
-        mailbox, check = key[1], key[2]
-        q = html.escape("debug?" + urlencode({"mailbox": mailbox, "check": check}))  # recorded result: no login
-        colour = {"OK": "#1a7f37", "FAILING": "#cf222e"}.get(status, "#6e7781")
-        rows.append(
-            f"<tr><td>{html.escape(mailbox)}</td><td>{check}</td>"
-            f"<td style='color:{colour};font-weight:bold'>{status}</td><td>{html.escape(reason)}</td>"
-            f"<td>{html.escape(fix)}</td><td>{age}</td><td><a href='{q}'>debug</a></td></tr>"
-        )
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>m365-mail-exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}</style></head><body>
-<h1>m365-mail-exporter {__version__}</h1>
-<p><a href="metrics">Metrics</a> · <a href="-/healthy">Health</a> · <a href="-/ready">Ready</a></p>
-<table><tr><th>mailbox</th><th>check</th><th>status</th><th>reason</th><th>fix</th><th>last probe</th><th></th></tr>
-{''.join(rows) or '<tr><td colspan=7>no mailboxes configured</td></tr>'}
-</table></body></html>"""
-    return web.Response(text=body, content_type="text/html")
+    return board.response(request.config_dict[RUNTIME], request)  # the NOC status board (exporter/board.py)
 
 
 def make_app(runtime: Runtime, options: WebOptions | None = None) -> web.Application:

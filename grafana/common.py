@@ -28,6 +28,17 @@ DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 TAGS = ["m365", "mail", "oauth2"]
 REPO_URL = "https://github.com/m365-mail-exporter/m365-mail-exporter"
 RUNBOOK_URL = f"{REPO_URL}/blob/main/docs/runbooks/"
+# Where dashboard links send on-call: set by `python -m grafana.generate --runbook-base-url` (default: the
+# alerts' `runbook_base_url` in alerts/config.yml), so a fork or an internal mirror serves both.
+_runbook_base = RUNBOOK_URL
+
+
+def set_runbook_base(url: str) -> None:
+    """Base URL of the runbook pages for the dashboards built after this call."""
+    global _runbook_base
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"runbook base URL must be http(s): {url!r}")
+    _runbook_base = url.rstrip("/") + "/"
 
 DAY = 86400
 # Time-until thresholds for long-lived things (client secrets, TLS certificates).
@@ -42,7 +53,7 @@ SCRAPE_FIELDS = ("Time", "Value", "__name__", "job", "instance")
 
 
 def runbook(page: str) -> str:
-    return f"{RUNBOOK_URL}{page}.md"
+    return f"{_runbook_base}{page}.md"
 
 
 # --- selectors and queries -------------------------------------------------------------------------------
@@ -449,7 +460,7 @@ def failure_table(
     """
     open_runbook = {
         "title": "Open runbook",
-        "url": RUNBOOK_URL + "${__value.text}.md#${__value.raw}",
+        "url": _runbook_base + "${__value.text}.md#${__value.raw}",
         "targetBlank": True,
     }
     props = {

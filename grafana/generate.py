@@ -1,4 +1,7 @@
-"""Write the dashboards as JSON: `python -m grafana.generate [--out DIR] [--check]`.
+"""Write the dashboards as JSON: `python -m grafana.generate [--out DIR] [--check] [--runbook-base-url URL]`.
+
+Runbook links point at `--runbook-base-url`, by default the alerts' `runbook_base_url` in alerts/config.yml
+(one setting for alerts and dashboards; point it at a fork or internal mirror if on-call cannot reach GitHub).
 
 The default output directory is grafana/dashboards/. Output is deterministic (sorted keys, stable uids and
 panel ids), so the committed JSON can be compared with a fresh generation (tests/test_dashboards.py does).
@@ -12,14 +15,27 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
 if __package__ in (None, ""):  # run as `python grafana/generate.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from grafana import credentials, mailbox, overview
+from grafana import common, credentials, mailbox, overview
 
 OUT = Path(__file__).resolve().parent / "dashboards"
+ALERTS_CONFIG = Path(__file__).resolve().parent.parent / "alerts" / "config.yml"
+
+
+def default_runbook_base() -> str:
+    """alerts/config.yml's runbook_base_url, else the project's own runbooks."""
+    try:
+        cfg = yaml.safe_load(ALERTS_CONFIG.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return common.RUNBOOK_URL
+    url = cfg.get("runbook_base_url") if isinstance(cfg, dict) else None
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else common.RUNBOOK_URL
 MODULES = (overview, mailbox, credentials)
 
 
@@ -38,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="output directory (default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the files in --out are out of date")
+    parser.add_argument("--runbook-base-url", default=None,
+                        help="base URL of the runbook pages (default: runbook_base_url in alerts/config.yml)")
     args = parser.parse_args(argv)
+    try:
+        common.set_runbook_base(args.runbook_base_url or default_runbook_base())
+    except ValueError as exc:
+        parser.error(str(exc))
     files = render()
     if args.check:
         stale = [

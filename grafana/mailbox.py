@@ -184,6 +184,22 @@ def build() -> db.Dashboard:
         "stopped fetching mail (or cannot authenticate).",
         targets=[query("A", f"max by (mailbox) (m365_mailbox_messages{sel('mailbox')})", "{{mailbox}}")],
     )
+    lay.add(
+        line_timeseries(),
+        title="Oldest message waiting",
+        unit="s",
+        w=24,
+        h=7,
+        description="How long the oldest INBOX message has been waiting (IMAP INTERNALDATE after EXAMINE, or "
+        "POP3 TOP Date; read-only). It grows by a second per second once the consuming application stops "
+        "reading, also for low-volume mailboxes; alert M365MailboxConsumerStalled fires above 1h by default. "
+        "No line: INBOX empty.",
+        targets=[
+            query("A", f"time() - max by (mailbox) (m365_mailbox_oldest_message_timestamp_seconds{sel('mailbox')})",
+                  "{{mailbox}}")
+        ],
+        links=[link("Runbooks (M365MailboxConsumerStalled)", runbook("index"))],
+    )
 
     lay.row("Credential of $mailbox")
     lay.add(

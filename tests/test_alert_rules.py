@@ -33,7 +33,7 @@ EXPECTED_ALERTS = {
     "M365MailboxAuthFailing", "M365TokenRefreshFailing", "M365TokenWrongIdentity", "M365TokenMissingScope",
     "M365ClientSecretExpiringSoon", "M365ClientSecretExpired", "M365TLSCertificateExpiringSoon",
     "M365TLSCertificateInvalid", "M365EndpointUnreachable", "M365MailboxBacklogGrowing", "M365ProbesStale",
-    "M365ExporterDown", "M365ConfigReloadFailed",
+    "M365ExporterDown", "M365ConfigReloadFailed", "M365MailboxConsumerStalled",
 }
 RUNBOOK_BASE = "https://github.com/m365-mail-exporter/m365-mail-exporter/blob/main/docs/runbooks"
 TOOL_TIMEOUT = 60

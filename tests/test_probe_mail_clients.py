@@ -161,6 +161,10 @@ IMAP_EXAMINE_OK = (b"* 12 EXISTS\r\n* 0 RECENT\r\n"
                    b"* OK [UIDVALIDITY 14] UIDVALIDITY value\r\n"
                    b"* OK [UIDNEXT 1234] The next unique identifier value\r\n"
                    b"A2 OK [READ-ONLY] EXAMINE completed.\r\n")
+# the oldest-message step after a non-empty EXAMINE (probes/oldest.py): 1996-07-17 09:44:25 UTC
+IMAP_FETCH_OLDEST = [Expect(re.escape("F1 FETCH 1 (INTERNALDATE)")),
+                     b'* 1 FETCH (INTERNALDATE "17-Jul-1996 02:44:25 -0700")\r\nF1 OK FETCH completed.\r\n']
+IMAP_OLDEST_TS = 837596665.0
 IMAP_LOGOUT = [Expect("A3 LOGOUT"),
                b"* BYE Microsoft Exchange Server IMAP4 server signing off.\r\nA3 OK LOGOUT completed.\r\n"]
 
@@ -181,10 +185,10 @@ async def run_imap(pki: PKI, script: list[Any], budget: float = 5) -> tuple[Prob
 
 async def test_imap_success_examines_inbox_read_only(pki: PKI) -> None:
     script = imap_script([IMAP_AUTH_LINE, b"A1 OK AUTHENTICATE completed.\r\n",
-                          Expect("A2 EXAMINE INBOX"), IMAP_EXAMINE_OK, *IMAP_LOGOUT])
+                          Expect("A2 EXAMINE INBOX"), IMAP_EXAMINE_OK, *IMAP_FETCH_OLDEST, *IMAP_LOGOUT])
     result, srv = await run_imap(pki, script)
     check(result, None)
-    assert result.facts == {"messages": 12.0}
+    assert result.facts == {"messages": 12.0, "oldest_message_timestamp": IMAP_OLDEST_TS}
     assert srv.errors == []
     assert not any("SELECT" in line for line in srv.received)
     assert "A1 AUTHENTICATE XOAUTH2 [REDACTED]" in result.transcript.render()
@@ -195,7 +199,7 @@ async def test_imap_without_sasl_ir_answers_continuation(pki: PKI) -> None:
     caps = IMAP_CAPS.replace(b" SASL-IR", b"")
     script = imap_script([Expect("A1 AUTHENTICATE XOAUTH2"), b"+ \r\n", Expect(re.escape(SASL)),
                           b"A1 OK AUTHENTICATE completed.\r\n", Expect("A2 EXAMINE INBOX"), IMAP_EXAMINE_OK,
-                          *IMAP_LOGOUT], caps=caps)
+                          *IMAP_FETCH_OLDEST, *IMAP_LOGOUT], caps=caps)
     result, srv = await run_imap(pki, script)
     check(result, None)
     assert srv.errors == []
@@ -273,6 +277,10 @@ async def test_imap_literal_in_untagged_response(pki: PKI) -> None:
 POP_GREETING = b"+OK The Microsoft Exchange POP3 service is ready. [TQBOADIAUABSADAANABD]\r\n"
 POP_CAPA = b"+OK\r\nTOP\r\nUIDL\r\nSASL PLAIN XOAUTH2\r\nUSER\r\n.\r\n"
 POP_AUTH_OK = b"+OK User successfully authenticated.\r\n"
+# the oldest-message step after a non-empty STAT (probes/oldest.py): headers only, folded Date
+POP_TOP_OLDEST = [Expect("TOP 1 0"), b"+OK\r\nFrom: a@example.net\r\nDate: Wed, 17 Jul 1996\r\n 02:44:25 -0700\r\n"
+                  b"..Odd: dot-stuffed\r\n\r\n.\r\n"]
+POP_OLDEST_TS = 837596665.0
 POP_QUIT = [Expect("QUIT"), b"+OK Microsoft Exchange Server POP3 server signing off.\r\n"]
 
 
@@ -288,10 +296,10 @@ async def run_pop(pki: PKI, script: list[Any], budget: float = 5) -> tuple[Probe
 
 
 async def test_pop3_success_stat(pki: PKI) -> None:
-    script = pop_script([POP_AUTH_OK, Expect("STAT"), b"+OK 7 123456\r\n", *POP_QUIT])
+    script = pop_script([POP_AUTH_OK, Expect("STAT"), b"+OK 7 123456\r\n", *POP_TOP_OLDEST, *POP_QUIT])
     result, srv = await run_pop(pki, script)
     check(result, None)
-    assert result.facts == {"messages": 7.0}
+    assert result.facts == {"messages": 7.0, "oldest_message_timestamp": POP_OLDEST_TS}
     assert srv.errors == []
     assert srv.received[:3] == ["CAPA", "AUTH XOAUTH2", SASL]  # initial response on its own line
 

@@ -5,7 +5,8 @@ account, no FullAccess on the mailbox in `user=`) and only the next command fail
 `BAD User is authenticated but not connected.` followed by `* BYE`. So success means
 AUTHENTICATE OK *and* EXAMINE INBOX OK. EXAMINE (not SELECT) opens the mailbox read-only: a
 probe must never change \\Recent or \\Seen state. The message count (`* N EXISTS`) becomes the
-`messages` fact (a growing backlog means the mailbox's consumer stopped).
+`messages` fact (a growing backlog means the mailbox's consumer stopped), and when there is a
+message, `FETCH 1 (INTERNALDATE)` gives the oldest one's arrival time (probes/oldest.py).
 
 XOAUTH2 is sent as an initial response when SASL-IR is advertised (Exchange does), otherwise
 after the `+` continuation. A `+ <base64 JSON>` continuation *after* our response is the
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from ..config import Endpoint
 from ..reasons import Reason
 from .mailconn import MailConnection, ProbeFailure, classify_reply, rule, run_probe
+from .oldest import best_effort, parse_internaldate
 from .result import ProbeResult
 from .sasl import describe_challenge, initial_response, sasl_secrets
 
@@ -174,7 +176,25 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
             facts["messages"] = float(m.group(1))
     if "messages" not in facts:
         conn.transcript.note("EXAMINE completed without an EXISTS count")
+    if facts.get("messages", 0) > 0:
+        facts.update(await best_effort(conn, "FETCH 1 (INTERNALDATE)", lambda: _oldest_internaldate(conn)))
     return facts
+
+
+async def _oldest_internaldate(conn: MailConnection) -> float | None:
+    """Arrival time of message 1 (the oldest) in the EXAMINEd INBOX; None (noted) if the server
+    did not say. FETCH INTERNALDATE on a read-only mailbox changes no flag (see probes/oldest.py)."""
+    reply = await _command(conn, "F1", "FETCH 1 (INTERNALDATE)")
+    if reply.status != "OK":
+        conn.transcript.note(f"oldest message: FETCH answered {reply.text[:120]} (login check unaffected)")
+        return None
+    for line in reply.untagged:
+        if line.upper().startswith("* 1 FETCH"):
+            when = parse_internaldate(line)
+            if when is not None:
+                return when
+    conn.transcript.note("oldest message: no INTERNALDATE in the FETCH reply (login check unaffected)")
+    return None
 
 
 async def _logout(conn: MailConnection) -> None:

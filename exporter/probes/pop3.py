@@ -6,7 +6,8 @@ Why the initial response goes on a separate line: Exchange Online rejects the on
 after our response is the server's error challenge: we answer with an empty line and expect
 `-ERR`. poplib has no AUTH helper at all, hence this client (see mailconn for the rest of why).
 
-STAT is the post-login check (it proves the maildrop opened) and gives the `messages` fact.
+STAT is the post-login check (it proves the maildrop opened) and gives the `messages` fact;
+when there is a message, `TOP 1 0` gives the oldest one's Date header (probes/oldest.py).
 Nothing is retrieved or deleted: QUIT in the TRANSACTION state commits deletions, and we never
 mark any. The reply classification is the POP3_RULES table.
 """
@@ -18,10 +19,12 @@ import re
 from ..config import Endpoint
 from ..reasons import Reason
 from .mailconn import MailConnection, ProbeFailure, classify_reply, rule, run_probe
+from .oldest import best_effort, parse_date_header, unfold
 from .result import ProbeResult
 from .sasl import describe_challenge, initial_response, sasl_secrets
 
 MAX_CAPA_LINES = 200
+MAX_TOP_LINES = 500  # header lines of message 1 accepted from TOP 1 0 (real headers: 20-150)
 SASL_PLACEHOLDER = "[REDACTED SASL RESPONSE]"
 
 # Reply classification for -ERR replies, first match wins; anything unmatched is PROTOCOL_ERROR.
@@ -135,7 +138,34 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
     m = _STAT.match(line)
     if m is None:
         raise _failure(conn, line)
-    return {"messages": float(m.group(1))}
+    facts: dict[str, float | str] = {"messages": float(m.group(1))}
+    if facts["messages"] > 0:
+        facts.update(await best_effort(conn, "TOP 1 0", lambda: _oldest_date(conn)))
+    return facts
+
+
+async def _oldest_date(conn: MailConnection) -> float | None:
+    """The Date header of message 1 (the oldest) from `TOP 1 0`; None (noted) if unavailable.
+    TOP reads headers only and marks nothing; we never send RETR or DELE (see probes/oldest.py)."""
+    await conn.send("TOP 1 0")
+    first = await conn.readline()
+    if _status(first) != "+OK":
+        conn.transcript.note(f"oldest message: TOP answered {first[:120]} (login check unaffected)")
+        return None
+    headers: list[str] = []
+    for _ in range(MAX_TOP_LINES):
+        line = await conn.readline()
+        if line == ".":
+            break
+        headers.append(line[1:] if line.startswith("..") else line)  # dot-unstuffing
+    else:
+        conn.healthy = False  # the rest of the reply is still coming: no QUIT on this connection
+        conn.transcript.note(f"oldest message: TOP reply longer than {MAX_TOP_LINES} lines (login check unaffected)")
+        return None
+    when = parse_date_header(unfold(headers[:headers.index("")] if "" in headers else headers))
+    if when is None:
+        conn.transcript.note("oldest message: no parseable Date header in TOP 1 0 (login check unaffected)")
+    return when
 
 
 async def _quit(conn: MailConnection) -> None:

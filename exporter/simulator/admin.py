@@ -11,13 +11,15 @@ Routes (JSON bodies and answers; user-facing reference with examples: docs/simul
 - POST   /_sim/faults/token/{key}        body = TokenFault fields; replaces the fault for a client_id or UPN
 - DELETE /_sim/faults/token/{key}
 - POST   /_sim/faults/server/{protocol}  body = ServerFault fields to merge (imap | pop3 | smtp)
-- POST   /_sim/mailbox/{address}         body = SimMailbox fields to merge (created if missing)
+- POST   /_sim/mailbox/{address}         body = SimMailbox fields to merge (created if missing);
+                                         `oldest_age` (seconds) seeds how old the oldest message is
 - POST   /_sim/users/{upn}               body = SimUser fields to merge (created if missing)
 - POST   /_sim/users/{upn}/revoke        revoke the user's refresh tokens (AADSTS50173 afterwards)
 - POST   /_sim/users/{upn}/expire        lapse the user's refresh tokens (AADSTS700082 afterwards)
 - POST   /_sim/tenant                    {"smtp_auth_disabled": bool, "token_lifetime": int}
 - POST   /_sim/devicecode/approve        {"user_code": ..., "upn": ...}
 - GET    /_sim/stats                     {"counters": [{"key": [...], "count": n}, ...]}
+- GET    /_sim/commands                  {"commands": [{"protocol": "imap", "command": "A2 EXAMINE INBOX"}, ...]}
 - POST   /_sim/reset                     clear faults (token, server, tenant, mailbox switches) and counters
 
 Bodies are checked against the state dataclasses' field types before anything changes, so a bad
@@ -33,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,7 +48,7 @@ ADMIN_PREFIX = "/_sim/"
 # The per-mailbox fault switches and their healthy values (what reset_faults restores).
 _MAILBOX_FAULT_FIELDS = {
     "imap_enabled": True, "pop_enabled": True, "smtp_auth_disabled": False, "not_accessible": False,
-    "security_defaults": False, "conditional_access": False,
+    "security_defaults": False, "conditional_access": False, "oldest_received": None,
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -96,6 +99,7 @@ def reset_faults(state: SimState) -> None:
                 if hasattr(mailbox, name):
                     setattr(mailbox, name, value)
         state.counters.clear()
+        state.commands.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +207,7 @@ def add_admin_routes(app: web.Application, state: SimState) -> None:
     r.add_post("/_sim/tenant", api.tenant)
     r.add_post("/_sim/devicecode/approve", api.approve)
     r.add_get("/_sim/stats", api.stats)
+    r.add_get("/_sim/commands", api.commands)
     r.add_post("/_sim/reset", api.reset)
 
 
@@ -247,6 +252,14 @@ class _AdminApi:
         address = request.match_info["address"]
         body = await _json(request)
         body.pop("address", None)
+        age = body.pop("oldest_age", None)  # seconds: seeds oldest_received relative to now
+        if age is not None:
+            if isinstance(age, bool) or not isinstance(age, int | float) or age < 0:
+                return _bad("oldest_age must be a number of seconds >= 0")
+            body["oldest_received"] = time.time() - float(age)
+        for name in ("seen", "deleted"):
+            if name in body:
+                return _bad(f"{name} is the mail servers' state, not a switch")
         with self.state.lock:
             mailbox = self.state.mailboxes.get(address) or SimMailbox(address)
             try:
@@ -257,6 +270,11 @@ class _AdminApi:
             fields = dataclasses.asdict(mailbox).items()
             shown = {k: sorted(v) if isinstance(v, set) else v for k, v in fields}
         return web.json_response(shown)
+
+    async def commands(self, request: web.Request) -> web.Response:
+        with self.state.lock:
+            items = list(self.state.commands)
+        return web.json_response({"commands": [{"protocol": p, "command": c} for p, c in items]})
 
     async def user(self, request: web.Request) -> web.Response:
         upn = request.match_info["upn"]

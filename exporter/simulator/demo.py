@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,8 @@ def seed_demo_state(workdir: Path) -> tuple[SimState, dict[str, Path]]:
             full_access={DEMO_DELEGATE_UPN},
         )
     state.mailboxes["noreply@contoso.example"].smtp_auth_disabled = True
+    # sales' consumer stopped three hours ago: M365MailboxConsumerStalled fires, the board shows it
+    state.mailboxes["sales@contoso.example"].oldest_received = time.time() - 3 * 3600
     files = {
         "secret": _write_private(workdir / "ece-app.secret", secret.encode()),
         "key": _write_private(workdir / "ece-cert.key", key_pem),

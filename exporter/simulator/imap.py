@@ -8,7 +8,8 @@ A probe that stops after AUTHENTICATE reports success for a mailbox nobody can r
 
 Only what a monitoring probe needs is implemented: CAPABILITY, ID, NOOP, LOGIN (always fails:
 basic auth is off in Exchange Online), AUTHENTICATE XOAUTH2 (with or without SASL-IR) and
-PLAIN (always fails), SELECT/EXAMINE INBOX, NAMESPACE, LIST, STATUS, UNSELECT/CLOSE, LOGOUT.
+PLAIN (always fails), SELECT/EXAMINE INBOX, NAMESPACE, LIST, STATUS, FETCH and STORE (imapfetch.py:
+enough to serve INTERNALDATE and to show \\Seen changes), UNSELECT/CLOSE, LOGOUT.
 Texts marked "Exchange" are Exchange Online's; the trailing numbers on some (`. 14`) are
 Exchange's internal codes and are part of the text.
 """
@@ -19,6 +20,7 @@ import base64
 import json
 import zlib
 
+from .imapfetch import message_command
 from .mailserver import Connection, MailServer
 from .state import SimMailbox
 from .xoauth2 import AuthResult, Outcome, authorize, fault_reply
@@ -92,7 +94,7 @@ class ImapServer(MailServer):
 
     async def session(self, conn: Connection) -> None:
         auth: AuthResult | None = None
-        selected = False
+        selected = read_only = False
         async for line in self.commands(conn):
             tag, _, rest = line.strip().partition(" ")
             command, _, args = rest.partition(" ")
@@ -122,7 +124,14 @@ class ImapServer(MailServer):
                     await conn.send(f"{tag} {NOT_CONNECTED}", BYE_NOT_CONNECTED)
                     return
                 else:
-                    selected = await self._mailbox_command(conn, tag, command, args, auth.mailbox) or selected
+                    opened = await self._mailbox_command(conn, tag, command, args, auth.mailbox)
+                    if opened:
+                        selected, read_only = True, command == "EXAMINE"
+            elif command in ("FETCH", "STORE"):
+                if not selected or auth is None or auth.mailbox is None:
+                    await conn.send(f"{tag} {INVALID_STATE}")
+                else:
+                    await conn.send(*message_command(tag, command, args, auth.mailbox, read_only))
             elif command in ("UNSELECT", "CLOSE"):
                 await conn.send(f"{tag} OK {command} completed." if selected else f"{tag} {INVALID_STATE}")
                 selected = False

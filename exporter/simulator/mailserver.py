@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from typing import ClassVar
 
 from .certs import SimCerts
+from .messages import record_command
 from .state import ServerFault, SimState
 from .tokens import TokenMinter
 
@@ -270,7 +271,9 @@ class MailServer:
     async def commands(self, conn: Connection) -> AsyncIterator[str]:
         """Command lines of one session, at most `max_commands` of them."""
         for _ in range(self.max_commands):
-            yield await conn.readline()
+            line = await conn.readline()
+            record_command(self.state, self.protocol, line)
+            yield line
         log.debug("%s: command budget exhausted, closing", self.protocol)
 
     # -- protocol hooks -------------------------------------------------------------------

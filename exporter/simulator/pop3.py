@@ -6,7 +6,9 @@ must go on its own line after the server's `+ ` (`AUTH XOAUTH2` alone); the one-
 that, and `STAT` feeds the exporter's mailbox backlog gauge.
 
 Implemented: CAPA, AUTH XOAUTH2 / PLAIN (PLAIN always fails: basic auth is off), USER/PASS
-(always fail), STAT, LIST, UIDL, NOOP, RSET, QUIT. Texts are Exchange Online's where known;
+(always fail), STAT, LIST, UIDL, NOOP, RSET, TOP (headers with the Date the exporter reads as the
+oldest message's age), RETR (marks the message read, as Exchange does), DELE (committed at
+QUIT), QUIT. Texts are Exchange Online's where known;
 their trailing numbers (`. 10`) are Exchange's internal codes and part of the text.
 """
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 from .imap import failure_challenge
 from .mailserver import Connection, MailServer
+from .messages import body, headers
+from .state import SimMailbox
 from .xoauth2 import AuthResult, authorize, fault_reply
 
 MESSAGE_SIZE = 2048  # octets per simulated message (STAT/LIST)
@@ -52,8 +56,15 @@ class Pop3Server(MailServer):
             if command == "CAPA":
                 await conn.send(*self.capa_lines())
             elif command == "QUIT":
+                if auth is not None and auth.mailbox is not None:
+                    commit_deletions(auth.mailbox)  # UPDATE state (RFC 1939 6)
                 await conn.send(SIGNING_OFF)
                 return
+            elif command in ("TOP", "RETR", "DELE"):
+                if auth is None or auth.mailbox is None:
+                    await conn.send(INVALID_STATE)
+                else:
+                    await conn.send(*message_command(command, args, auth.mailbox))
             elif command == "AUTH":
                 if auth is not None:
                     await conn.send(INVALID_STATE)
@@ -118,3 +129,37 @@ class Pop3Server(MailServer):
             await conn.readline()  # the client's (empty) answer to the error challenge
         await conn.send(AUTH_FAILED)
         return None
+
+
+def _stuff(lines: list[str]) -> list[str]:
+    """RFC 1939 byte-stuffing of a multi-line reply's lines."""
+    return ["." + line if line.startswith(".") else line for line in lines]
+
+
+def message_command(command: str, args: str, mailbox: SimMailbox) -> list[str]:
+    """TOP msg n / RETR msg / DELE msg on the authenticated maildrop."""
+    count = max(0, int(mailbox.messages))
+    words = args.split()
+    try:
+        number = int(words[0])
+        lines = int(words[1]) if command == "TOP" else 0
+    except (IndexError, ValueError):
+        return [PROTOCOL_ERROR]
+    if not 1 <= number <= count or number in mailbox.deleted or lines < 0:
+        return ["-ERR The specified message is out of range."]
+    if command == "DELE":
+        mailbox.deleted.add(number)
+        return [f"+OK Message {number} marked for deletion."]
+    if command == "RETR":
+        mailbox.seen.add(number)
+        return [f"+OK {MESSAGE_SIZE} octets", *_stuff(body(mailbox, number)), "."]
+    text = body(mailbox, number)[:len(headers(mailbox, number)) + 1 + lines]
+    return ["+OK", *_stuff(text), "."]
+
+
+def commit_deletions(mailbox: SimMailbox) -> None:
+    """QUIT after DELE: the marked messages are gone (the rest renumber, the oldest may be newer)."""
+    if mailbox.deleted:
+        mailbox.messages = max(0, int(mailbox.messages) - len(mailbox.deleted))
+        mailbox.deleted.clear()
+        mailbox.seen.clear()

@@ -9,11 +9,12 @@ and the demo flip fault switches in one place, in-process or via the admin HTTP 
 from __future__ import annotations
 
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_TENANT = "11111111-2222-3333-4444-555555555555"
+COMMAND_LOG = 2000  # mail commands remembered (oldest dropped first)
 
 
 @dataclass
@@ -70,6 +71,11 @@ class SimMailbox:
     not_accessible: bool = False  # IMAP: "BAD User is authenticated but not connected." after AUTHENTICATE
     security_defaults: bool = False  # SMTP 5.7.139 security defaults
     conditional_access: bool = False  # SMTP 5.7.139 did not meet the criteria
+    # Arrival (unix time) of message 1, the oldest; None: it arrived FRESH_AGE seconds ago. Seeded
+    # with the admin API's `oldest_age` to simulate a consumer that stopped reading (messages.py).
+    oldest_received: float | None = None
+    seen: set[int] = field(default_factory=set)  # message numbers with \Seen (set only by SELECT + FETCH BODY[])
+    deleted: set[int] = field(default_factory=set)  # message numbers marked for deletion (POP3 DELE)
 
 
 @dataclass
@@ -110,6 +116,9 @@ class SimState:
     device_codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # counters for tests/benchmarks: ("token", client_id, grant_type) / ("imap", address, outcome) ...
     counters: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    # (protocol, command line with SASL responses cut off): what clients asked, for tests that
+    # prove a probe never sends a state-changing command (messages.py: record_command)
+    commands: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=COMMAND_LOG))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def fault_for(self, *keys: str | None) -> TokenFault:
