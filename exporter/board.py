@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -227,6 +228,7 @@ border:1px solid var(--line);border-radius:.3em;padding:.35em .5em;margin:.4em 0
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,22em),1fr));gap:.6em}
 .card{background:var(--card);border:1px solid var(--line);border-radius:.3em;padding:.5em .7em}
 .card .name{font-weight:700;overflow-wrap:anywhere}
+a.chiplink{text-decoration:none;color:inherit}
 .chip{display:inline-block;border-radius:.3em;padding:0 .45em;margin:.15em .2em 0 0;font-weight:700;
 font-size:.85em}
 .chip.ok{background:var(--okbg);color:var(--ok)}.chip.fail{background:var(--critbg);color:var(--crit)}
@@ -249,13 +251,18 @@ setInterval(tick,every)})();
 """
 
 
-def _chip(check: str, res: ProbeResult | None) -> str:
+def _chip(label: str, check: str, res: ProbeResult | None) -> str:
+    """A check's status; once it has a result, a relative link to that recorded result's debug page
+    (`debug?...` never probes, so a crawler following it causes no login)."""
     if res is None:
         return f'<span class="chip pending" data-check="{esc(check)}">{esc(check)} …</span>'
     if res.success:
-        return f'<span class="chip ok" data-check="{esc(check)}">{esc(check)} ✓</span>'
-    reason = res.reason.value if res.reason else "failed"
-    return f'<span class="chip fail" data-check="{esc(check)}">{esc(check)} ✗ {esc(reason)}</span>'
+        chip = f'<span class="chip ok" data-check="{esc(check)}">{esc(check)} ✓</span>'
+    else:
+        reason = res.reason.value if res.reason else "failed"
+        chip = f'<span class="chip fail" data-check="{esc(check)}">{esc(check)} ✗ {esc(reason)}</span>'
+    href = "debug?" + urlencode({"mailbox": label, "check": check})
+    return f'<a class="chiplink" href="{esc(href)}" title="last recorded result">{chip}</a>'
 
 
 def _when(ts: float, now: float, short_lived: bool = False) -> str:
@@ -321,7 +328,7 @@ def render(board: Board, *, demo: bool = False, theme: str | None = None) -> str
             extra.append(f'<span class="{cls}">oldest waiting {esc(age(waited))}</span>')
         boxes.append(f'<div class="card" data-mailbox="{esc(label)}" data-failing="{int(failing)}">'
                      f'<div class="name">{esc(label)}</div><div class="muted">credential {esc(cred)}</div>'
-                     f'<div>{"".join(_chip(c, r) for c, r in checks.items())}</div>'
+                     f'<div>{"".join(_chip(label, c, r) for c, r in checks.items())}</div>'
                      f'<div class="muted">{" · ".join(extra)}</div></div>')
 
     theme_attr = f' data-theme="{esc(theme)}"' if theme in ("dark", "light") else ""
