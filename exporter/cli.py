@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m365-mail-exporter",
         description="Prometheus exporter and alerting probe for Microsoft 365 mail over OAuth2 (XOAUTH2).",
     )
-    p.add_argument("--version", action="version", version=f"m365-mail-exporter {__version__}")
+    p.add_argument("--version", action="store_true", help="print version, revision, branch, build date, Python and "
+                   "MSAL versions and exit")
     _add_common(p, top=True)
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                    help="address to serve /metrics on (default: %(default)s)")
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import setup_logging
 
     args = build_parser().parse_args(argv)
+    if args.version:
+        from .buildinfo import build_info
+
+        print(build_info().text(), end="")
+        return 0
     setup_logging(args.log_level, args.log_format)
     if args.command not in (None, "serve"):
         return int(args.func(args))
