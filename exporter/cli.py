@@ -97,6 +97,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     runtime = Runtime(config, config_path)
     runtime.start()
+    from .eventloop import freeze_after_startup
+
+    freezer = asyncio.create_task(freeze_after_startup(runtime.ready))
     app = make_app(runtime)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -119,6 +122,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(runtime.reload()))
     await stop.wait()
     log.info("shutting down")
+    freezer.cancel()
     await runner.cleanup()
     await runtime.stop()
     if demo is not None:
@@ -149,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
         return 0
+    from .eventloop import run
+
     try:
-        return asyncio.run(serve(args))
+        return run(serve(args))
     except KeyboardInterrupt:
         return 0

@@ -156,7 +156,9 @@ FACT_FAMILIES: list[Family] = _fams(
     ("m365_mailboxes", "Configured mailboxes"),
     ("m365_credentials", "Configured credentials"),
     ("m365_scheduler_queue_wait_seconds", "How long the last probe waited for a concurrency slot"),
-)
+    ("m365_scheduler_start_lateness_seconds", "How late after its slot the last scheduled probe started"),
+) + [Family("m365_scheduler_late_starts", "counter",
+            "Scheduled probes that started more than 2 s after their slot")]
 IDX = {f.name: i for i, f in enumerate(FAMILIES)}
 OVERDUE = IDX["m365_probe_overdue"]
 Lines = dict[int, str]  # family index -> that family's exposition lines (joined)
@@ -501,7 +503,7 @@ class M365Exposition:
         facts = dict(self.store.facts)
         for fam in FACT_FAMILIES:
             if fam.name in facts:
-                out.append(fam.header(fmt) + sample_line(fam.name, {}, facts[fam.name]).encode())
+                out.append(fam.header(fmt) + sample_line(fam.sample, {}, facts[fam.name]).encode())
         return b"".join(out)
 
 

@@ -32,7 +32,7 @@ from .collector import (
 from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_config
 from .probes.result import ProbeResult
 from .reasons import Reason
-from .scheduler import Job, Scheduler
+from .scheduler import LATE_AFTER, Job, Scheduler
 from .store import Key, ResultStore
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Runtime:
         self.config = config
         self.config_path = config_path
         self.store = ResultStore()
-        self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait)
+        self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait, on_start=self._on_start)
         self.providers: dict[str, TokenProvider] = {}
         self._signatures: dict[str, tuple[object, ...]] = {}
         self.renderer = MetricsRenderer(self.store, self.credential_infos, self.mailbox_infos)
@@ -304,6 +304,12 @@ class Runtime:
     def _on_wait(self, seconds: float) -> None:
         self.store.facts["m365_scheduler_queue_wait_seconds"] = seconds
 
+    def _on_start(self, late: float) -> None:
+        facts = self.store.facts
+        facts["m365_scheduler_start_lateness_seconds"] = late
+        if late > LATE_AFTER:
+            facts["m365_scheduler_late_starts"] = facts.get("m365_scheduler_late_starts", 0.0) + 1
+
     def start(self) -> None:
         self.apply(self.config)
         now = time.time()
@@ -328,7 +334,8 @@ class Runtime:
             return True, "reloaded"
 
     def ready(self) -> bool:
-        return self.store.first_round_complete()
+        """First probe round complete; large configs: the schedule is kept (Scheduler.caught_up)."""
+        return self.store.first_round_complete() or self.scheduler.caught_up()
 
     async def stop(self) -> None:
         await self.scheduler.stop()

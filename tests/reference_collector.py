@@ -216,9 +216,14 @@ class ReferenceCollector(Collector):
             ("m365_mailboxes", "Configured mailboxes"),
             ("m365_credentials", "Configured credentials"),
             ("m365_scheduler_queue_wait_seconds", "How long the last probe waited for a concurrency slot"),
+            ("m365_scheduler_start_lateness_seconds", "How late after its slot the last scheduled probe started"),
         ):
             if name in facts:
                 yield GaugeMetricFamily(name, doc, value=facts[name])
+        if "m365_scheduler_late_starts" in facts:
+            yield CounterMetricFamily("m365_scheduler_late_starts",
+                                      "Scheduled probes that started more than 2 s after their slot",
+                                      value=facts["m365_scheduler_late_starts"])
 
     @staticmethod
     def _mailbox(key: tuple[str, ...], st: KeyState, now: float, success: GaugeMetricFamily,

@@ -46,6 +46,7 @@ def rich_store(n: int) -> ResultStore:
     st.ensure(("audit", "app", "graph"), 3600, 15)
     st.record(("audit", "app", "graph"), ProbeResult.ok(0.3, redirect_uri_match=1.0, **{"secret_expiry:k1": 1.9e9}))
     st.set_fact("m365_mailboxes", float(n))
+    st.set_fact("m365_scheduler_late_starts", 3.0)
     return st
 
 

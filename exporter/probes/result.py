@@ -7,7 +7,10 @@ protocol-specific numbers (message count, TLS version, certificate expiry, token
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..reasons import Reason
@@ -15,6 +18,20 @@ from ..redact import redact
 
 MAX_TRANSCRIPT_LINES = 200
 MAX_LINE_CHARS = 500
+# Whether Transcripts created in this context record anything. Background probes run with it
+# off (the scheduler): nothing reads their transcripts, and redacting every line of every probe
+# was ~6% of the exporter's CPU. `/probe?debug=true`, `check` and direct calls keep it on.
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("transcripts", default=True)
+
+
+@contextlib.contextmanager
+def transcripts(enabled: bool) -> Iterator[None]:
+    """Turn transcript recording on or off for probes run inside this block (and tasks it starts)."""
+    token = _RECORDING.set(enabled)
+    try:
+        yield
+    finally:
+        _RECORDING.reset(token)
 
 
 @dataclass
@@ -22,9 +39,10 @@ class Transcript:
     """Redacted dialogue lines: ('C', text) client sent, ('S', text) server said, ('*', note)."""
 
     lines: list[tuple[str, str]] = field(default_factory=list)
+    enabled: bool = field(default_factory=_RECORDING.get)
 
     def add(self, direction: str, text: str | bytes) -> None:
-        if len(self.lines) >= MAX_TRANSCRIPT_LINES:
+        if not self.enabled or len(self.lines) >= MAX_TRANSCRIPT_LINES:
             return
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
