@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -37,6 +38,7 @@ from .buildinfo import build_info
 from .store import Key, KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact may be this old
+MIN_RENDER_INTERVAL = 0.5  # scrapes within this of the last render share it even if results changed
 BLOCK_KEYS = 32  # small: a scrape after a few hundred results rejoins few keys
 
 # facts recorded by the token probe on ("credential", name) results
@@ -322,8 +324,9 @@ def render_group(group: Key, members: Iterable[KeyState]) -> Lines:
 # --------------------------------------------------------------------------- blocks
 
 
-@dataclass
-class _Entry:
+class _Entry(NamedTuple):
+    """A key's fragment (a tuple: untracked by the garbage collector once it holds only strings)."""
+
     lines: Lines
     overdue_at: float = float("inf")  # has_overdue keys only
     overdue_labels: str = ""
@@ -400,11 +403,11 @@ class M365Exposition:
             self._entries.pop(key, None)
             return None
         self.fragment_renders += 1
-        entry = _Entry(render_key(key, st))
         if has_overdue(key):
-            entry.overdue_at = st.overdue_at()
-            entry.overdue_labels = sample_line("m365_probe_overdue", {"mailbox": key[1], "check": key[2]}, 0.0)[:-4]
-        self._entries[key] = entry
+            labels = sample_line("m365_probe_overdue", {"mailbox": key[1], "check": key[2]}, 0.0)[:-4]
+            self._entries[key] = _Entry(render_key(key, st), st.overdue_at(), labels)
+        else:
+            self._entries[key] = _Entry(render_key(key, st))
         return st
 
     def _render_group(self, group: Key) -> None:
@@ -515,6 +518,7 @@ class _Cached:
     body: bytes = b""
     gz: bytes | None = None
     version: int = -1
+    layout: int = -1
     at: float = 0.0
     valid_until: float = 0.0
 
@@ -552,8 +556,12 @@ class MetricsRenderer:
                 body += generate_openmetrics(self.standard)  # ends with "# EOF"
             else:
                 body += generate_latest(self.standard)
+            for other, oc in self._cache.items():
+                if other != fmt and oc.version != version:  # stale anyway: free its memory
+                    self._cache[other] = _Cached()
             c = self._cache[fmt]
             c.body, c.gz, c.version, c.at = body, None, version, time.monotonic()
+            c.layout = self.exposition._layout
             c.valid_until = self.exposition.valid_until
             if gzipped:
                 c.gz = gzip.compress(body, compresslevel=1, mtime=0)
@@ -562,8 +570,10 @@ class MetricsRenderer:
 
     def _fresh(self, fmt: str, gzipped: bool) -> bytes | None:
         c = self._cache[fmt]
-        if (c.version != self.store.version or time.monotonic() - c.at >= CACHE_MAX_AGE
-                or time.time() >= c.valid_until):
+        age = time.monotonic() - c.at
+        if c.version < 0 or age >= CACHE_MAX_AGE or time.time() >= c.valid_until or c.layout != self.store.layout:
+            return None
+        if c.version != self.store.version and age >= MIN_RENDER_INTERVAL:
             return None
         if gzipped:
             return c.gz

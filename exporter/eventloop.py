@@ -21,7 +21,10 @@ from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-GC_THRESHOLD0 = 10_000  # young-generation threshold: fewer collections while probes allocate
+# Young collections every 10,000 net tracked allocations; a full (gen-2) collection walks the
+# whole heap (hundreds of ms at 10,000 mailboxes), so it runs only after 20 x 50 young ones
+# (minutes to an hour): probes' transient cycles die young; what survives start-up is frozen.
+GC_THRESHOLDS = (10_000, 20, 50)
 FREEZE_WAIT = 120.0  # freeze at readiness, or after this many seconds at the latest
 
 
@@ -46,7 +49,7 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 async def freeze_after_startup(ready: Callable[[], bool]) -> None:
     """Once ready (or after FREEZE_WAIT), collect once and freeze what survived start-up."""
-    gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
+    gc.set_threshold(*GC_THRESHOLDS)
     for _ in range(int(FREEZE_WAIT / 0.5)):  # bounded: freeze anyway after FREEZE_WAIT
         if ready():
             break

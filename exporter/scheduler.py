@@ -35,7 +35,7 @@ from .probes.result import transcripts
 log = logging.getLogger(__name__)
 
 STARTUP_SPREAD = 5.0  # minimum seconds over which first runs are spread
-STARTUP_RATE = 300.0  # first runs per second during start-up (window = jobs / rate, at least STARTUP_SPREAD)
+STARTUP_RATE = 150.0  # first runs per second during start-up (window = jobs / rate, at least STARTUP_SPREAD)
 JITTER = 0.02  # +-2% of the interval
 LATE_AFTER = 2.0  # a probe starting later than this after its slot counts as a late start
 TOKEN_KINDS = frozenset({"credential", "audit"})  # jobs on the token budget

@@ -64,6 +64,16 @@ class Transcript:
         return "\n".join(f"{d} {t}" for d, t in self.lines)
 
 
+NO_TRANSCRIPT = Transcript(enabled=False)  # shared by background results: records nothing, allocates nothing
+
+
+def _new_transcript() -> Transcript:
+    """A recording Transcript, or the shared no-op one when recording is off (background probes):
+    at 10,000 mailboxes the per-result Transcript objects were a large share of what the garbage
+    collector walked."""
+    return Transcript() if _RECORDING.get() else NO_TRANSCRIPT
+
+
 @dataclass
 class ProbeResult:
     """Outcome of one probe run. `reason` is None exactly when `success` is True."""
@@ -73,12 +83,12 @@ class ProbeResult:
     reason: Reason | None = None
     detail: str = ""  # short, redacted human explanation (e.g. the server's reply)
     facts: dict[str, float | str] = field(default_factory=dict)
-    transcript: Transcript = field(default_factory=Transcript)
+    transcript: Transcript = field(default_factory=_new_transcript)
     finished_at: float = field(default_factory=time.time)
 
     @classmethod
     def ok(cls, duration: float, transcript: Transcript | None = None, **facts: float | str) -> ProbeResult:
-        return cls(True, duration, None, "", dict(facts), transcript or Transcript())
+        return cls(True, duration, None, "", dict(facts), transcript or _new_transcript())
 
     @classmethod
     def fail(
@@ -89,4 +99,5 @@ class ProbeResult:
         transcript: Transcript | None = None,
         **facts: float | str,
     ) -> ProbeResult:
-        return cls(False, duration, reason, redact(detail)[:MAX_LINE_CHARS], dict(facts), transcript or Transcript())
+        return cls(False, duration, reason, redact(detail)[:MAX_LINE_CHARS], dict(facts),
+                   transcript or _new_transcript())
