@@ -131,17 +131,22 @@ class Scheduler:
         else:
             self.window = self.startup_window(len(self._tasks))
             delay = job.phase * min(job.interval, self.window)
-        self._first_due[job.key] = start + delay + job.timeout + 1.0
+        due = self._first_due[job.key] = start + delay + job.timeout + 1.0
         slot = start + delay
-        await asyncio.sleep(delay)
-        while not self._stopping:
-            await self._run_once(job, slot)
-            self._first_done.add(job.key)
-            # next grid slot at least half an interval away, plus a little jitter
-            now = time.monotonic()
-            k = max(0, math.ceil((now + job.interval / 2 - origin) / job.interval))
-            slot = origin + k * job.interval + random.uniform(-JITTER, JITTER) * job.interval
-            await asyncio.sleep(max(0.05, slot - now))
+        try:
+            await asyncio.sleep(delay)
+            while not self._stopping:
+                await self._run_once(job, slot)
+                self._first_done.add(job.key)
+                # next grid slot at least half an interval away, plus a little jitter
+                now = time.monotonic()
+                k = max(0, math.ceil((now + job.interval / 2 - origin) / job.interval))
+                slot = origin + k * job.interval + random.uniform(-JITTER, JITTER) * job.interval
+                await asyncio.sleep(max(0.05, slot - now))
+        finally:
+            if job.key not in self._tasks and self._first_due.get(job.key) == due:  # removed, not replaced
+                del self._first_due[job.key]
+                self._first_done.discard(job.key)
 
     async def _run_once(self, job: Job, slot: float | None = None) -> None:
         waited_from = time.monotonic()
