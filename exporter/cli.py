@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="m365-mail-exporter",
         description="Prometheus exporter and alerting probe for Microsoft 365 mail over OAuth2 (XOAUTH2).",
     )
-    p.add_argument("--version", action="version", version=f"m365-mail-exporter {__version__}")
+    p.add_argument("--version", action="store_true", help="print version, revision, branch, build date, Python and "
+                   "MSAL versions and exit")
     _add_common(p, top=True)
     p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
                    help="address to serve /metrics on (default: %(default)s)")
@@ -149,6 +150,9 @@ async def serve(args: argparse.Namespace) -> int:
             await demo.close()
         return 1
     runtime.start()  # probes start only once the port is ours: a second instance never probes
+    from .eventloop import freeze_after_startup
+
+    freezer = asyncio.create_task(freeze_after_startup(runtime.ready))
     log.info("m365-mail-exporter %s listening on %s: %d mailboxes, %d credentials (shard %d of %d)", __version__,
              args.listen, len(runtime.config.mailboxes), len(runtime.config.credentials), shard.index, shard.total)
 
@@ -158,6 +162,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await triggers.close()  # no reload may start jobs again while we stop
     log.info("shutting down")
+    freezer.cancel()
     await runner.cleanup()
     await runtime.stop()
     if demo is not None:
@@ -172,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     from .logs import setup_logging
 
     args = build_parser().parse_args(argv)
+    if args.version:
+        from .buildinfo import build_info
+
+        print(build_info().text(), end="")
+        return 0
     setup_logging(args.log_level, args.log_format)
     if args.command in (None, "serve") and (errors := usage_errors(args)):
         for line in errors:
@@ -195,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config_file}: OK ({len(cfg.mailboxes)} mailboxes, {len(cfg.credentials)} credentials)")
         return rc
+    from .eventloop import run
+
     try:
-        return asyncio.run(serve(args))
+        return run(serve(args))
     except KeyboardInterrupt:
         return 0

@@ -34,7 +34,7 @@ from .fixes import fix_for_key
 from .probes.result import ProbeResult
 from .reasons import Reason
 from .rootcause import attribute, credential_cause, endpoint_cause
-from .scheduler import Job, Scheduler
+from .scheduler import LATE_AFTER, Job, Scheduler
 from .sharding import Shard, owner
 from .store import Key, ResultStore
 from .transitions import TransitionLog
@@ -90,7 +90,7 @@ class Runtime:
         self.config_path = config_path
         self.demo = False  # serving the bundled simulator (--demo): the status board says so
         self.store = ResultStore()
-        self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait)
+        self.scheduler = Scheduler(config.defaults.concurrency, on_wait=self._on_wait, on_start=self._on_start)
         self.providers: dict[str, TokenProvider] = {}
         self._signatures: dict[str, tuple[object, ...]] = {}
         self.renderer = MetricsRenderer(self.store, self.credential_infos, self.mailbox_infos)
@@ -174,8 +174,8 @@ class Runtime:
         self.scheduler.set_jobs(jobs)
         self.store.set_fact("m365_mailboxes", float(len(config.mailboxes)))
         self.store.set_fact("m365_credentials", float(len(config.credentials)))
-        self.store.set_fact("shard_index", float(self.shard.index))  # m365_exporter_shard_info{shard,shards}
-        self.store.set_fact("shard_total", float(self.shard.total))
+        self.renderer.add_static("m365_exporter_shard_info", "This replica's shard of the configured mailboxes",
+                                 {"shard": str(self.shard.index), "shards": str(self.shard.total)})
 
     def build_jobs(self, config: Config) -> list[Job]:
         d = config.defaults
@@ -363,6 +363,12 @@ class Runtime:
     def _on_wait(self, seconds: float) -> None:
         self.store.facts["m365_scheduler_queue_wait_seconds"] = seconds
 
+    def _on_start(self, late: float) -> None:
+        facts = self.store.facts
+        facts["m365_scheduler_start_lateness_seconds"] = late
+        if late > LATE_AFTER:
+            facts["m365_scheduler_late_starts"] = facts.get("m365_scheduler_late_starts", 0.0) + 1
+
     def start(self) -> None:
         self.apply(self.config)
         now = time.time()
@@ -392,7 +398,8 @@ class Runtime:
             return True, "reloaded"
 
     def ready(self) -> bool:
-        return self.store.first_round_complete()
+        """First probe round complete; large configs: the schedule is kept (Scheduler.caught_up)."""
+        return self.store.first_round_complete() or self.scheduler.caught_up()
 
     async def stop(self) -> None:
         await self.scheduler.stop()

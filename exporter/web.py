@@ -21,6 +21,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import board
+from .collector import OPENMETRICS, TEXT, content_type
 from .fixes import fix_for_mail
 from .ondemand import Busy, OnDemand
 from .probes.result import ProbeResult
@@ -86,9 +87,26 @@ def render_debug(mailbox: str, check: str, result: ProbeResult, credential: str 
     return "\n".join(lines) + "\n"
 
 
+def _negotiate(request: web.Request) -> tuple[str, bool]:
+    """(format, gzip) from Accept / Accept-Encoding, as prometheus_client does it."""
+    accept = request.headers.get("Accept", "")
+    fmt = TEXT
+    for part in accept.split(","):
+        media, _, params = part.strip().partition(";")
+        if media.strip() == "application/openmetrics-text" and "q=0," not in params.replace(" ", "") + ",":
+            fmt = OPENMETRICS
+            break
+    encodings = [e.split(";")[0].strip().lower() for e in request.headers.get("Accept-Encoding", "").split(",")]
+    return fmt, "gzip" in encodings
+
+
 async def metrics(request: web.Request) -> web.Response:
-    body = await request.app[RUNTIME].renderer.render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    fmt, gz = _negotiate(request)
+    body = await request.app[RUNTIME].renderer.render(fmt, gz)
+    headers = {"Content-Type": content_type(fmt), "Vary": "Accept, Accept-Encoding"}
+    if gz:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
 
 
 def _target(request: web.Request) -> tuple[str, str, web.Response | None]:

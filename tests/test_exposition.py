@@ -1,15 +1,20 @@
-"""The fast exposition writer is byte-identical to prometheus_client's (speed: bench/bench_render.py)."""
+"""The incremental /metrics renderer: byte-identical to prometheus_client over families built the old
+way (tests/reference_collector.py), re-renders only what changed, and keeps series per mailbox fixed.
+Speed: bench/bench_render.py and bench/bench_scale.py."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter.collector import CredentialInfo, M365Collector, MailboxInfo
-from exporter.exposition import render_families, render_registry
+from exporter.collector import OPENMETRICS, CredentialInfo, M365Exposition, MailboxInfo, MetricsRenderer
 from exporter.probes.result import ProbeResult
 from exporter.reasons import Reason
 from exporter.store import ResultStore
+from tests.reference_collector import ReferenceCollector
+
+CREDS = [CredentialInfo("app", "t", "c", "client_credentials", "secret")]
+SHARD = ("m365_exporter_shard_info", "Shard of this exporter replica", {"shard": "1", "shards": "3"})
 
 
 def rich_store(n: int) -> ResultStore:
@@ -20,42 +25,118 @@ def rich_store(n: int) -> ResultStore:
         for c in ("imap", "pop3", "smtp", "token"):
             key = ("mailbox", name, c)
             st.ensure(key, 60, 15)
-            st.record(key, ProbeResult.ok(0.05 + i / 1e4, messages=float(i)) if i % 3
+            if i % 11 == 10:
+                continue  # pending: no result yet
+            facts = {"messages": float(i)} if c != "smtp" else {}
+            if c == "pop3":
+                facts["oldest_message_timestamp"] = 1.7e9 + i
+            st.record(key, ProbeResult.ok(0.05 + i / 1e4, **facts) if i % 3
                       else ProbeResult.fail(Reason.AUTH_FAILED, 1e21))
-    st.ensure(("endpoint", "outlook.office365.com", "993"), 60, 15)
-    st.record(("endpoint", "outlook.office365.com", "993"),
-              ProbeResult.ok(0.1, dns_success=1.0, dns_duration=0.002, tcp_success=1.0, tls_success=1.0,
-                             tls_version="TLSv1.3", tls_cert_expiry=1.8e9, tls_cert_verified=1.0))
+    for name, ok in (("app", True), ("other", False)):
+        key = ("credential", name)
+        st.ensure(key, 60, 15)
+        facts = {"token_expiry": 1.8e9, "token_requests": 4.0, "identity_match": 1.0, "scope:IMAP.AccessAsApp": 0.0}
+        st.record(key, ProbeResult.ok(0.2, **facts) if ok else ProbeResult.fail(Reason.SECRET_EXPIRED, 0.1, **facts))
+    for host, port in (("outlook.office365.com", "993"), ("outlook.office365.com", "995"),
+                       ("login.microsoftonline.com", "443")):
+        st.ensure(("endpoint", host, port), 60, 15)
+        st.record(("endpoint", host, port),
+                  ProbeResult.ok(0.1, dns_success=1.0, dns_duration=0.002, tcp_success=1.0, tls_success=1.0,
+                                 tls_version="TLSv1.3", tls_cert_expiry=1.8e9, tls_cert_verified=1.0))
+    st.ensure(("audit", "app", "graph"), 3600, 15)
+    st.record(("audit", "app", "graph"), ProbeResult.ok(0.3, redirect_uri_match=1.0, **{"secret_expiry:k1": 1.9e9}))
     st.set_fact("m365_mailboxes", float(n))
+    st.set_fact("m365_scheduler_late_starts", 3.0)
     return st
 
 
-def registry_for(st: ResultStore) -> CollectorRegistry:
+def mailboxes() -> list[MailboxInfo]:
+    return [MailboxInfo("m", "m@x.example", "app"), MailboxInfo('q"uote', "q@x.example", "app")]
+
+
+def reference(st: ResultStore, om: bool = False) -> bytes:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(M365Collector(st, lambda: [CredentialInfo("app", "t", "c", "client_credentials", "secret")],
-                               lambda: [MailboxInfo("m", "m@x.example", "app")]))
-    return reg
+    reg.register(ReferenceCollector(st, lambda: CREDS, mailboxes, [SHARD]))
+    if om:
+        return generate_openmetrics(reg).removesuffix(b"# EOF\n")
+    return generate_latest(reg)
 
 
-def test_byte_identical_to_prometheus_client() -> None:
-    reg = registry_for(rich_store(50))
-    ours = render_registry(reg)
-    theirs = generate_latest(reg)
-    assert ours == theirs
+def exposition(st: ResultStore) -> M365Exposition:
+    e = M365Exposition(st, lambda: CREDS, mailboxes)
+    e.add_static(*SHARD)
+    return e
+
+
+def test_byte_identical_to_reference_text_and_openmetrics() -> None:
+    st = rich_store(60)
+    e = exposition(st)
+    now = 1e10  # everything overdue / pending keys overdue both ways
+    ours = e.render(now=None)
+    assert ours == reference(st)
     assert b'we\\"ird\\\\box\\n0' in ours  # escaping exercised
+    assert b"m365_mailbox_oldest_message_timestamp_seconds{" in ours
+    assert b'm365_exporter_shard_info{shard="1",shards="3"} 1.0' in ours
+    assert e.render(OPENMETRICS) == reference(st, om=True)
+    assert b'm365_probe_overdue{check="imap",mailbox="box1@contoso.example"} 1.0' in e.render(now=now)
 
 
-def test_unusual_families_fall_back_to_prometheus_client() -> None:
-    g = GaugeMetricFamily("m365_x", "doc with \\ and\nnewline", labels=["a"])
-    g.add_metric(["v"], float("inf"), timestamp=123.0)  # timestamps take the fallback path
-    c = CounterMetricFamily("m365_y", "counter", labels=["b"])
-    c.add_metric(["w"], 3.0, created=10.0)  # _created sample: fallback
-    reg = CollectorRegistry(auto_describe=False)
+def test_identical_after_changes_and_reload() -> None:
+    st = rich_store(30)
+    e = exposition(st)
+    e.render()
+    st.record(("mailbox", "box5@contoso.example", "imap"), ProbeResult.fail(Reason.TIMEOUT, 15.0))
+    st.record(("mailbox", "box5@contoso.example", "pop3"), ProbeResult.ok(0.1, messages=99.0))
+    st.record(("endpoint", "outlook.office365.com", "995"), ProbeResult.fail(Reason.TLS_UNTRUSTED, 0.1))
+    assert e.render() == reference(st)
+    keep = {k for k in st.keys() if "box3@" not in k[1]}  # a reload drops a mailbox, adds one
+    st.prune(keep)
+    st.ensure(("mailbox", "new@contoso.example", "imap"), 300, 15)
+    assert b"box3@" not in e.render()
+    assert e.render() == reference(st)
 
-    class Fixed:
-        def collect(self):  # type: ignore[no-untyped-def]
-            return [g, c]
 
-    reg.register(Fixed())  # type: ignore[arg-type]
-    assert render_families([g, c]) == generate_latest(reg)
+def test_scrape_after_one_result_rerenders_only_that_key() -> None:
+    st = rich_store(200)
+    e = exposition(st)
+    e.render()
+    before = e.fragment_renders
+    assert e.render() == reference(st)
+    assert e.fragment_renders == before  # nothing changed: nothing re-rendered
+    st.record(("mailbox", "box8@contoso.example", "imap"), ProbeResult.ok(0.3, messages=1.0))
+    body = e.render()
+    assert e.fragment_renders == before + 1
+    assert b'm365_probe_duration_seconds{check="imap",mailbox="box8@contoso.example"} 0.3\n' in body
+    assert b'm365_mailbox_messages{mailbox="box8@contoso.example"} 1.0\n' in body
+    assert body == reference(st)
 
+
+def test_series_per_mailbox() -> None:
+    """docs/metrics.md: 25 series per healthy mailbox with imap, pop3 and smtp (+2 per failing check)."""
+    st = ResultStore()
+    label = "box@contoso.example"
+    for c in ("imap", "pop3", "smtp", "token"):
+        st.ensure(("mailbox", label, c), 300, 15)
+        st.record(("mailbox", label, c), ProbeResult.ok(0.1, messages=3.0, oldest_message_timestamp=1.7e9)
+                  if c != "smtp" else ProbeResult.ok(0.1))
+    e = M365Exposition(st, list, lambda: [MailboxInfo(label, label, "app")])
+
+    def count() -> int:
+        return sum(1 for ln in e.render().decode().splitlines() if not ln.startswith("#") and f'"{label}"' in ln)
+
+    assert count() == 25
+    st.record(("mailbox", label, "imap"), ProbeResult.fail(Reason.AUTH_FAILED, 0.1))
+    assert count() == 27  # + failures_total{reason} and failure_info{reason}
+
+
+async def test_renderer_adds_standard_collectors_and_caches() -> None:
+    st = rich_store(5)
+    r = MetricsRenderer(st, lambda: CREDS, mailboxes)
+    body = await r.render()
+    for name in (b"python_info{", b"python_gc_objects_collected_total{", b"process_resident_memory_bytes ",
+                 b"m365_exporter_build_info{branch="):
+        assert name in body
+    assert await r.render() is body  # cached until something changes
+    om = await r.render(OPENMETRICS)
+    assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1
+    assert b"# TYPE m365_probes counter\n" in om and b"# TYPE m365_probes_total counter\n" in body

@@ -7,7 +7,10 @@ protocol-specific numbers (message count, TLS version, certificate expiry, token
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..reasons import Reason
@@ -15,6 +18,20 @@ from ..redact import redact
 
 MAX_TRANSCRIPT_LINES = 200
 MAX_LINE_CHARS = 500
+# Whether Transcripts created in this context record anything. Background probes run with it
+# off (the scheduler): nothing reads their transcripts, and redacting every line of every probe
+# was ~6% of the exporter's CPU. `/probe?debug=true`, `check` and direct calls keep it on.
+_RECORDING: contextvars.ContextVar[bool] = contextvars.ContextVar("transcripts", default=True)
+
+
+@contextlib.contextmanager
+def transcripts(enabled: bool) -> Iterator[None]:
+    """Turn transcript recording on or off for probes run inside this block (and tasks it starts)."""
+    token = _RECORDING.set(enabled)
+    try:
+        yield
+    finally:
+        _RECORDING.reset(token)
 
 
 @dataclass
@@ -22,9 +39,10 @@ class Transcript:
     """Redacted dialogue lines: ('C', text) client sent, ('S', text) server said, ('*', note)."""
 
     lines: list[tuple[str, str]] = field(default_factory=list)
+    enabled: bool = field(default_factory=_RECORDING.get)
 
     def add(self, direction: str, text: str | bytes) -> None:
-        if len(self.lines) >= MAX_TRANSCRIPT_LINES:
+        if not self.enabled or len(self.lines) >= MAX_TRANSCRIPT_LINES:
             return
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
@@ -46,6 +64,16 @@ class Transcript:
         return "\n".join(f"{d} {t}" for d, t in self.lines)
 
 
+NO_TRANSCRIPT = Transcript(enabled=False)  # shared by background results: records nothing, allocates nothing
+
+
+def _new_transcript() -> Transcript:
+    """A recording Transcript, or the shared no-op one when recording is off (background probes):
+    at 10,000 mailboxes the per-result Transcript objects were a large share of what the garbage
+    collector walked."""
+    return Transcript() if _RECORDING.get() else NO_TRANSCRIPT
+
+
 @dataclass
 class ProbeResult:
     """Outcome of one probe run. `reason` is None exactly when `success` is True."""
@@ -55,12 +83,12 @@ class ProbeResult:
     reason: Reason | None = None
     detail: str = ""  # short, redacted human explanation (e.g. the server's reply)
     facts: dict[str, float | str] = field(default_factory=dict)
-    transcript: Transcript = field(default_factory=Transcript)
+    transcript: Transcript = field(default_factory=_new_transcript)
     finished_at: float = field(default_factory=time.time)
 
     @classmethod
     def ok(cls, duration: float, transcript: Transcript | None = None, **facts: float | str) -> ProbeResult:
-        return cls(True, duration, None, "", dict(facts), transcript or Transcript())
+        return cls(True, duration, None, "", dict(facts), transcript or _new_transcript())
 
     @classmethod
     def fail(
@@ -71,4 +99,5 @@ class ProbeResult:
         transcript: Transcript | None = None,
         **facts: float | str,
     ) -> ProbeResult:
-        return cls(False, duration, reason, redact(detail)[:MAX_LINE_CHARS], dict(facts), transcript or Transcript())
+        return cls(False, duration, reason, redact(detail)[:MAX_LINE_CHARS], dict(facts),
+                   transcript or _new_transcript())
