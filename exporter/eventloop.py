@@ -15,7 +15,6 @@ import asyncio
 import gc
 import logging
 import os
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -29,8 +28,10 @@ FREEZE_WAIT = 120.0  # freeze at readiness, or after this many seconds at the la
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    if os.environ.get("M365_EXPORTER_EVENT_LOOP", "").lower() == "asyncio" or sys.platform == "win32":
-        return None
+    from . import oscompat
+
+    if os.environ.get("M365_EXPORTER_EVENT_LOOP", "").lower() == "asyncio" or oscompat.is_windows():
+        return None  # Windows (real or simulated by the tests): the standard loop, as uvloop has none
     try:
         import uvloop
     except ImportError:
