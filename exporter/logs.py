@@ -40,7 +40,8 @@ class RedactingFormatter(logging.Formatter):
 
 
 class RateLimit(logging.Filter):
-    """At most `burst` records per (logger, message template) per `interval` seconds.
+    """At most `burst` records per (logger, message template or `extra={"ratelimit_key": ...}`) per
+    `interval` seconds.
 
     Why: under overload the same line repeats thousands of times a second (19,990 idle web
     connections once produced 165,887 lines, 79 MB) and buries the one line that explains
@@ -59,7 +60,9 @@ class RateLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.INFO:  # debug output (access log) was asked for explicitly
             return True
-        key = (record.name, str(record.msg))
+        # a record about one subject (a state change of one key) is limited per subject, not per template:
+        # a credential outage's many distinct "failing" lines must not hide an endpoint's
+        key = (record.name, str(getattr(record, "ratelimit_key", None) or record.msg))
         now = time.monotonic()
         w = self._windows.get(key)
         if w is None or now - w[0] >= self.interval:

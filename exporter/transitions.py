@@ -94,7 +94,8 @@ class TransitionLog:
         if result.success:
             if prev is not None and not prev.success:
                 self._log.info("%s recovered: %s (was %s for %s)", what, labels,
-                               prev.reason.value if prev.reason else "failing", _duration(now - prev.since))
+                               prev.reason.value if prev.reason else "failing", _duration(now - prev.since),
+                               extra={"ratelimit_key": "/".join(key)})
             return
         reason = result.reason or Reason.UNKNOWN
         changed = ""
@@ -104,7 +105,7 @@ class TransitionLog:
         fix = fix_words(filled)
         detail = redact(" ".join(result.detail.split()))[:DETAIL_CHARS]
         self._log.warning('%s failing%s: %s reason=%s fix="%s" detail="%s"', what, changed, labels,
-                          reason.value, fix, detail)
+                          reason.value, fix, detail, extra={"ratelimit_key": "/".join(key)})
 
     def retain(self, keys: Iterable[Key]) -> None:
         """Forget keys no longer configured (after a reload): a removed check never logs a recovery."""
