@@ -28,7 +28,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -137,7 +137,9 @@ class GuardedProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------- life cycle
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # no isinstance check: uvloop's TCPTransport is not an asyncio.Transport subclass (the
+        # assert made every connection fail under uvloop, i.e. always on Linux)
+        transport = cast(asyncio.Transport, transport)
         self.raw = transport
         if not self.guard.admit(self):
             transport.abort()
