@@ -1,0 +1,78 @@
+"""The gzip body (concatenated gzip members, cached per run of families) decodes to exactly the text
+body, after changes and reloads too, and a scrape recompresses only runs whose families changed."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import zlib
+
+from exporter.collector import OPENMETRICS, TEXT, MetricsRenderer
+from exporter.probes.result import ProbeResult
+from exporter.reasons import Reason
+from tests.test_exposition import CREDS, SHARD, mailboxes, rich_store
+
+
+def renderer(n: int) -> MetricsRenderer:
+    st = rich_store(n)
+    r = MetricsRenderer(st, lambda: CREDS, mailboxes)
+    r.add_static(*SHARD)
+    return r
+
+
+def bodies(r: MetricsRenderer, fmt: str) -> tuple[bytes, bytes]:
+    """(gzip, text) of the same refresh, without the standard collectors (their values move by
+    themselves between two calls); the whole renderer body is checked as well, without them."""
+    whole = r.render_sync(fmt, gzipped=True)
+    assert m365_only(gzip.decompress(whole)) == m365_only(r._finish(fmt, False))
+    e = r.exposition
+    return b"".join(e.gzip_members(fmt)), e.body(fmt)
+
+
+def m365_only(text: bytes) -> bytes:
+    return b"\n".join(ln for ln in text.split(b"\n") if not ln.startswith((b"process_", b"python_", b"# HELP p",
+                                                                           b"# TYPE p")))
+
+
+def test_gzip_decodes_to_the_text_body_in_both_formats_and_after_changes() -> None:
+    r = renderer(3000)  # > GZ_MIN_MEMBER: several members
+    for fmt in (TEXT, OPENMETRICS):
+        gz, text = bodies(r, fmt)
+        assert gz.count(b"\x1f\x8b\x08") > 2  # several members, not one stream
+        assert gzip.decompress(gz) == text
+        d = zlib.decompressobj(wbits=31)  # what a streaming client does: member after member
+        out, rest = b"", gz
+        while rest:
+            out += d.decompress(rest)
+            rest = d.unused_data
+            d = zlib.decompressobj(wbits=31) if rest else d
+        assert out == text
+    st = r.store
+    st.record(("mailbox", "box5@contoso.example", "imap"), ProbeResult.fail(Reason.TIMEOUT, 15.0))
+    st.record(("endpoint", "outlook.office365.com", "995"), ProbeResult.fail(Reason.TLS_UNTRUSTED, 0.1))
+    gz, text = bodies(r, OPENMETRICS)
+    assert gzip.decompress(gz) == text and b'reason="timeout"' in text
+    st.prune({k for k in st.keys() if "box3@" not in k[1]})  # a reload
+    st.ensure(("mailbox", "new@contoso.example", "imap"), 300, 15)
+    gz, text = bodies(r, TEXT)
+    assert gzip.decompress(gz) == text and b"box3@" not in text and b"new@contoso.example" in text
+
+
+def test_unchanged_families_are_not_recompressed() -> None:
+    r = renderer(3000)
+    e = r.exposition
+    r.render_sync(TEXT, gzipped=True)
+    first = e.gz_compressed
+    assert first > 2
+    r.render_sync(TEXT, gzipped=True)
+    assert e.gz_compressed == first  # nothing changed: every member reused
+    r.store.record(("credential", "app"), ProbeResult.ok(0.4, token_expiry=1.9e9))
+    gz, text = bodies(r, TEXT)
+    assert 1 <= e.gz_compressed - first < first  # only the runs holding token families
+    assert gzip.decompress(gz) == text
+
+
+def test_gnu_gzip_reads_the_member_stream() -> None:
+    gz, text = bodies(renderer(3000), OPENMETRICS)
+    out = subprocess.run(["gzip", "-dc"], input=gz, capture_output=True, timeout=30, check=True).stdout
+    assert out == text and b"m365_probe_success{" in out
