@@ -38,6 +38,7 @@ from .gzmembers import member
 from .store import Key, KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact may be this old
+WARM_EVERY = 1.0  # keep_warm: seconds between background refreshes of the exposition
 MIN_RENDER_INTERVAL = 0.5  # scrapes within this of the last render share it even if results changed
 GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip member at least (adjacent families share one)
 BLOCK_KEYS = 8  # small: a scrape after a few hundred results rejoins few keys (cost ~ changed keys x this)
@@ -616,6 +617,21 @@ class MetricsRenderer:
     def add_static(self, name: str, doc: str, labels: dict[str, str], value: float = 1.0) -> None:
         self.exposition.add_static(name, doc, labels, value)
         self.store.bump()  # invalidate cached bodies
+
+    async def keep_warm(self) -> None:
+        """Refresh the exposition in a worker thread every WARM_EVERY while something changed.
+
+        Why: the first render after start-up or a reload renders every key (~1 s at 10,000
+        mailboxes); done here, no scrape waits for it, and a scrape only finishes the changes of
+        the last second (the cost stays proportional to what changed, with or without scrapes)."""
+        while True:
+            await asyncio.sleep(WARM_EVERY)
+            if self.exposition._layout != self.store.layout or self.store.changed:
+                await asyncio.to_thread(self._refresh)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self.exposition.refresh(time.time())
 
     def render_sync(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
         """Render now (changed keys only), then join or gzip; runs in a worker thread."""

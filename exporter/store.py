@@ -118,6 +118,11 @@ class ResultStore:
             dirty, self._dirty = self._dirty, set()
             return dirty
 
+    @property
+    def changed(self) -> bool:
+        """Some key changed since the last take_dirty (a racy read is fine: it only schedules one)."""
+        return bool(self._dirty)
+
     def keys(self) -> list[Key]:
         """All keys in insertion order (the renderer asks only when `layout` changed)."""
         with self._lock:

@@ -1,12 +1,18 @@
 """The gzip body (concatenated gzip members, cached per run of families) decodes to exactly the text
-body, after changes and reloads too, and a scrape recompresses only runs whose families changed."""
+body, after changes and reloads too, and a scrape recompresses only runs whose families changed;
+keep_warm renders in the background so scrapes do not."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import subprocess
 import zlib
 
+import pytest
+
+from exporter import collector
 from exporter.collector import OPENMETRICS, TEXT, MetricsRenderer
 from exporter.probes.result import ProbeResult
 from exporter.reasons import Reason
@@ -76,3 +82,32 @@ def test_gnu_gzip_reads_the_member_stream() -> None:
     gz, text = bodies(renderer(3000), OPENMETRICS)
     out = subprocess.run(["gzip", "-dc"], input=gz, capture_output=True, timeout=30, check=True).stdout
     assert out == text and b"m365_probe_success{" in out
+
+
+def test_keep_warm_renders_before_the_first_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
+    r = renderer(300)
+
+    async def main() -> None:
+        warm = asyncio.create_task(r.keep_warm())
+        try:
+            for _ in range(100):  # bounded: 5 s
+                await asyncio.sleep(0.05)
+                if r.exposition.fragment_renders and not r.store.changed:
+                    break
+            renders = r.exposition.fragment_renders
+            assert renders >= 300 * 4  # every key rendered, no scrape asked for it
+            body = await r.render(OPENMETRICS)
+            assert r.exposition.fragment_renders == renders and b"m365_probe_success{" in body  # scrape: no re-render
+            r.store.record(("mailbox", "box8@contoso.example", "imap"), ProbeResult.ok(0.3))
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if r.exposition.fragment_renders > renders:
+                    break
+            assert r.exposition.fragment_renders == renders + 1  # the change, in the background
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+
+    asyncio.run(main())
