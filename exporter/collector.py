@@ -167,7 +167,14 @@ FACT_FAMILIES: list[Family] = _fams(
             "Scheduled probes that started more than 2 s after their slot")]
 IDX = {f.name: i for i, f in enumerate(FAMILIES)}
 OVERDUE = IDX["m365_probe_overdue"]
-Lines = dict[int, str]  # family index -> that family's exposition lines (joined)
+# A fragment: (family index, that family's exposition lines, family index, lines, ...) flattened in
+# one tuple of small ints (interned) and bytes: a third of the memory of a dict of str per key
+# (30,000 keys at 10,000 mailboxes).
+Lines = tuple[int | bytes, ...]
+
+
+def pairs(lines: Lines) -> Iterable[tuple[int, bytes]]:
+    return zip(lines[::2], lines[1::2], strict=True)  # type: ignore[arg-type]
 
 
 def _escape(v: str) -> str:
@@ -200,7 +207,7 @@ class _Out:
 
     @property
     def lines(self) -> Lines:
-        return {i: "".join(v) for i, v in self._lines.items()}
+        return tuple(x for i, v in self._lines.items() for x in (i, "".join(v).encode()))
 
 
 # --------------------------------------------------------------------------- per-key fragments
@@ -424,7 +431,7 @@ class M365Exposition:
         members = [st for k in self._groups.get(group, []) if (st := self.store.view(k)) is not None]
         self._group_lines[group] = render_group(group, members)
 
-    def _render_config(self) -> Lines:
+    def _render_config(self) -> dict[int, bytes]:
         out = _Out()
         for c in self.credentials():
             out.add("m365_credential_info", {"credential": c.name, "tenant_id": c.tenant_id, "client_id": c.client_id,
@@ -432,7 +439,7 @@ class M365Exposition:
         for m in self.mailboxes():
             out.add("m365_mailbox_info", {"mailbox": m.mailbox, "address": m.address, "credential": m.credential}, 1.0)
         out.add("m365_exporter_build_info", build_info().labels(), 1.0)
-        return {i: text.encode() for i, text in out.lines.items()}
+        return dict(pairs(out.lines))
 
     def _update(self) -> None:
         dirty = self.store.take_dirty()
@@ -460,21 +467,21 @@ class M365Exposition:
     def _rebuild_block(self, bi: int) -> None:
         """Re-join one block's per-family bytes (its keys' fragments, plus groups homed here)."""
         b = self._blocks[bi]
-        per: dict[int, list[str]] = {}
+        per: dict[int, list[bytes]] = {}
         for k in b.keys:
             e = self._entries.get(k)
             if e is not None:
-                for i, text in e.lines.items():
+                for i, text in pairs(e.lines):
                     per.setdefault(i, []).append(text)
             g = self._homed.get(k)
             if g is not None:
-                for i, text in self._group_lines.get(g, {}).items():
+                for i, text in pairs(self._group_lines.get(g, ())):
                     per.setdefault(i, []).append(text)
         for i in b.joined.keys() - per.keys():
             self._parts[i][bi] = b""
             self._fam_version[i] += 1
         old = b.joined
-        b.joined = {i: "".join(v).encode() for i, v in per.items()}
+        b.joined = {i: b"".join(v) for i, v in per.items()}
         for i, data in b.joined.items():
             if old.get(i) != data:  # unchanged families keep their cached gzip member
                 self._parts[i][bi] = data
