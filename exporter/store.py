@@ -23,7 +23,7 @@ from .probes.result import ProbeResult
 Key = tuple[str, ...]
 
 
-@dataclass
+@dataclass(slots=True)  # one per key (30,000 at 10,000 mailboxes): no per-instance __dict__
 class KeyState:
     interval: float
     timeout: float
