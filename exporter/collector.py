@@ -38,7 +38,9 @@ from .gzmembers import member
 from .store import Key, KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact may be this old
-WARM_EVERY = 1.0  # keep_warm: seconds between background refreshes of the exposition
+WARM_EVERY = 0.25  # keep_warm: seconds between background refreshes of the exposition
+WARM_SLICE = 32  # changed keys rendered per event-loop slice (~1-3 ms)
+WARM_SLICES = 64  # at most this many slices per WARM_EVERY (bounded; the rest waits for the scrape)
 MIN_RENDER_INTERVAL = 0.5  # scrapes within this of the last render share it even if results changed
 GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip member at least (adjacent families share one)
 BLOCK_KEYS = 8  # small: a scrape after a few hundred results rejoins few keys (cost ~ changed keys x this)
@@ -375,6 +377,8 @@ class M365Exposition:
         self._homed: dict[Key, Key] = {}  # first member key -> its group
         self.valid_until = float("inf")  # the body may change by time alone from then on
         self._block_of: dict[Key, int] = {}
+        self._pending: set[Key] = set()  # taken from the store, not rendered yet
+        self._dirty_blocks: set[int] = set()
         self._config_lines: dict[int, bytes] = {}
         self._headers: dict[tuple[str, int], bytes] = {}
         self._fam_version = [0] * len(FAMILIES)  # bumped whenever a family's parts change
@@ -441,27 +445,47 @@ class M365Exposition:
         out.add("m365_exporter_build_info", build_info().labels(), 1.0)
         return dict(pairs(out.lines))
 
-    def _update(self) -> None:
-        dirty = self.store.take_dirty()
+    @property
+    def pending(self) -> bool:
+        """Changed keys taken from the store but not rendered yet (refresh with a limit)."""
+        return bool(self._pending)
+
+    def _update(self, limit: int | None = None) -> bool:
+        """Render changed keys, at most `limit` of them; True when none is left. With a limit a
+        layout change is left for the next full refresh (it renders every key)."""
+        self._pending |= self.store.take_dirty()
         try:
             if self._layout != self.store.layout:
+                if limit is not None:
+                    return False
+                dirty, self._pending = self._pending, set()
                 self._relayout(dirty)
-                return
+                self._dirty_blocks = set(range(len(self._blocks)))
+                return True
+            if limit is None or len(self._pending) <= limit:
+                batch, self._pending = self._pending, set()
+            else:
+                batch = {self._pending.pop() for _ in range(limit)}
             groups: set[Key] = set()
-            for key in dirty:
+            for key in batch:
                 if key not in self._block_of:
                     continue  # pruned meanwhile: the next layout change drops it
                 self._render_key(key)
-                self._blocks[self._block_of[key]].dirty = True
+                self._mark(self._block_of[key])
                 g = group_of(key)
                 if g is not None:
                     groups.add(g)
             for g in groups:
                 self._render_group(g)
-                self._blocks[self._block_of[self._groups[g][0]]].dirty = True
+                self._mark(self._block_of[self._groups[g][0]])
+            return not self._pending
         except BaseException:
             self._layout = -1  # unknown state: rebuild everything next time
             raise
+
+    def _mark(self, bi: int) -> None:
+        self._blocks[bi].dirty = True
+        self._dirty_blocks.add(bi)
 
     # -- output ---------------------------------------------------------------------------
     def _rebuild_block(self, bi: int) -> None:
@@ -512,16 +536,26 @@ class M365Exposition:
             h = self._headers[(fmt, i)] = FAMILIES[i].header(fmt)
         return h
 
-    def refresh(self, now: float | None = None) -> None:
-        """Bring the parts up to date: changed keys, their blocks, time-derived overdue flags."""
-        self._update()
+    def refresh(self, now: float | None = None, limit: int | None = None) -> bool:
+        """Bring the parts up to date: changed keys, their blocks, time-derived overdue flags.
+
+        With `limit`: at most that many changed keys and their blocks, no overdue pass and no
+        relayout (a slice small enough for the event loop); True when nothing is pending."""
+        done = self._update(limit)
+        if limit is not None:
+            for bi in self._dirty_blocks:
+                self._rebuild_block(bi)
+            self._dirty_blocks = set()
+            return done
         now = time.time() if now is None else now
         for bi, b in enumerate(self._blocks):
             if b.dirty:
                 self._rebuild_block(bi)
             if now >= b.overdue_valid_until:
                 self._overdue_block(bi, now)
+        self._dirty_blocks = set()
         self.valid_until = min((b.overdue_valid_until for b in self._blocks), default=float("inf"))
+        return done
 
     def _tail(self, fmt: str) -> bytes:
         """Static families and exporter facts: small, rebuilt every time."""
@@ -626,15 +660,30 @@ class MetricsRenderer:
         self.store.bump()  # invalidate cached bodies
 
     async def keep_warm(self) -> None:
-        """Refresh the exposition in a worker thread every WARM_EVERY while something changed.
+        """Keep the exposition rendered, so a scrape only joins or compresses.
 
         Why: the first render after start-up or a reload renders every key (~1 s at 10,000
-        mailboxes); done here, no scrape waits for it, and a scrape only finishes the changes of
-        the last second (the cost stays proportional to what changed, with or without scrapes)."""
+        mailboxes): it runs here, in a worker thread, and no scrape waits for it. Changed keys
+        are then rendered every WARM_EVERY in small slices *on the event loop*, yielding between
+        slices: a worker thread running Python competes with the loop for the GIL and the loop
+        gets it back only every switch interval (5 ms) per blocking call, which stalled it for
+        the whole render; a 1-3 ms slice is shorter than one such wait. A slice never waits for
+        the lock (a scrape's join or gzip holds it): it tries again next time."""
         while True:
             await asyncio.sleep(WARM_EVERY)
-            if self.exposition._layout != self.store.layout or self.store.changed:
+            if self.exposition._layout != self.store.layout:
                 await asyncio.to_thread(self._refresh)
+                continue
+            for _ in range(WARM_SLICES):
+                if not (self.store.changed or self.exposition.pending) or not self._lock.acquire(blocking=False):
+                    break
+                try:
+                    done = self.exposition.refresh(limit=WARM_SLICE)
+                finally:
+                    self._lock.release()
+                if done and not self.store.changed:
+                    break
+                await asyncio.sleep(0)
 
     def _refresh(self) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ from exporter import collector
 from exporter.collector import OPENMETRICS, TEXT, MetricsRenderer
 from exporter.probes.result import ProbeResult
 from exporter.reasons import Reason
-from tests.test_exposition import CREDS, SHARD, mailboxes, rich_store
+from tests.test_exposition import CREDS, SHARD, exposition, mailboxes, reference, rich_store
 
 
 def renderer(n: int) -> MetricsRenderer:
@@ -111,3 +111,20 @@ def test_keep_warm_renders_before_the_first_scrape(monkeypatch: pytest.MonkeyPat
                 await warm
 
     asyncio.run(main())
+
+
+def test_sliced_refresh_gives_the_same_body() -> None:
+    st = rich_store(40)
+    e = exposition(st)
+    e.render()
+    for n in range(25):
+        st.record(("mailbox", f"box{n + 1}@contoso.example", "imap"), ProbeResult.ok(0.2 + n, messages=float(n)))
+    before = e.fragment_renders
+    assert e.refresh(limit=10) is False and e.pending  # 10 of 25 rendered
+    assert e.fragment_renders == before + 10
+    assert e.refresh(limit=10) is False
+    assert e.refresh(limit=10) is True and not e.pending
+    assert e.render() == reference(st)
+    st.prune({k for k in st.keys() if "box3@" not in k[1]})  # a layout change waits for the full refresh
+    assert e.refresh(limit=10) is False
+    assert e.render() == reference(st) and b"box3@" not in e.render()
