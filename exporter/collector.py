@@ -34,7 +34,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from .buildinfo import build_info
-from .gzmembers import member
+from .gzmembers import Chunk, chunk, gzip_body
 from .store import Key, KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact may be this old
@@ -42,7 +42,7 @@ WARM_EVERY = 0.25  # keep_warm: seconds between background refreshes of the expo
 WARM_SLICE = 32  # changed keys rendered per event-loop slice (~1-3 ms)
 WARM_SLICES = 64  # at most this many slices per WARM_EVERY (bounded; the rest waits for the scrape)
 MIN_RENDER_INTERVAL = 0.5  # scrapes within this of the last render share it even if results changed
-GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip member at least (adjacent families share one)
+GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip deflate chunk at least (adjacent families share one)
 BLOCK_KEYS = 8  # small: a scrape after a few hundred results rejoins few keys (cost ~ changed keys x this)
 
 # facts recorded by the token probe on ("credential", name) results
@@ -382,8 +382,8 @@ class M365Exposition:
         self._config_lines: dict[int, bytes] = {}
         self._headers: dict[tuple[str, int], bytes] = {}
         self._fam_version = [0] * len(FAMILIES)  # bumped whenever a family's parts change
-        # (fmt, first family, last family) -> (their versions, gzip member)
-        self._gz: dict[tuple[str, int, int], tuple[tuple[int, ...], bytes]] = {}
+        # (fmt, first family, last family) -> (their versions, deflate chunk)
+        self._gz: dict[tuple[str, int, int], tuple[tuple[int, ...], Chunk]] = {}
         self.gz_compressed = 0  # families compressed (tests: unchanged families are not)
 
     def add_static(self, name: str, doc: str, labels: dict[str, str], value: float = 1.0) -> None:
@@ -507,7 +507,7 @@ class M365Exposition:
         old = b.joined
         b.joined = {i: b"".join(v) for i, v in per.items()}
         for i, data in b.joined.items():
-            if old.get(i) != data:  # unchanged families keep their cached gzip member
+            if old.get(i) != data:  # unchanged families keep their cached gzip chunk
                 self._parts[i][bi] = data
                 self._fam_version[i] += 1
         b.dirty = False
@@ -587,12 +587,12 @@ class M365Exposition:
         out.append(extra)
         return b"".join(out)
 
-    def gzip_members(self, fmt: str = TEXT) -> list[bytes]:
-        """The exposition as of the last refresh() as gzip members (gzmembers.py), each a run of
-        adjacent families of at least GZ_MIN_MEMBER bytes (small members compress badly): a run
-        none of whose families changed keeps its member, the rest are compressed again."""
-        out: list[bytes] = []
-        gz: dict[tuple[str, int, int], tuple[tuple[int, ...], bytes]] = {}
+    def gzip_chunks(self, fmt: str = TEXT) -> list[Chunk]:
+        """The exposition as of the last refresh() as deflate chunks (gzmembers.py), each a run of
+        adjacent families of at least GZ_MIN_MEMBER bytes (small chunks compress badly): a run
+        none of whose families changed keeps its chunk, the rest are compressed again."""
+        out: list[Chunk] = []
+        gz: dict[tuple[str, int, int], tuple[tuple[int, ...], Chunk]] = {}
         run: list[bytes] = []
         size, first = 0, 0
         for i in range(len(FAMILIES)):
@@ -604,14 +604,14 @@ class M365Exposition:
             slot, versions = (fmt, first, i), tuple(self._fam_version[first:i + 1])
             hit = self._gz.get(slot)
             if hit is None or hit[0] != versions:
-                hit = (versions, member(b"".join(run)))
+                hit = (versions, chunk(b"".join(run)))
                 self.gz_compressed += 1
             gz[slot] = hit
             out.append(hit[1])
             run, size, first = [], 0, i + 1
         # runs not produced this time (moved boundaries) are dropped; the other format's are kept
         self._gz = {k: v for k, v in self._gz.items() if k[0] != fmt} | gz
-        out.append(member(self._tail(fmt)))
+        out.append(chunk(self._tail(fmt)))
         return out
 
     def render(self, fmt: str = TEXT, now: float | None = None) -> bytes:
@@ -708,13 +708,13 @@ class MetricsRenderer:
     def _finish_locked(self, fmt: str, gzipped: bool) -> bytes:
         """The refreshed exposition as a body, joined once or gzipped once per version.
 
-        The gzip body never needs the joined text: it is the families' cached members (only
-        changed families recompressed) plus the standard collectors'."""
+        The gzip body never needs the joined text: it is the families' cached deflate chunks
+        (only changed families recompressed) plus the standard collectors'."""
         c = self._cache[fmt]
         std = generate_openmetrics(self.standard) if fmt == OPENMETRICS else generate_latest(self.standard)
         if gzipped:
             if c.gz is None:
-                c.gz = b"".join([*self.exposition.gzip_members(fmt), member(std)])
+                c.gz = gzip_body([*self.exposition.gzip_chunks(fmt), chunk(std)])
             return c.gz
         if c.body is None:
             c.body = self.exposition.body(fmt, std)  # OpenMetrics: std ends with "# EOF"
