@@ -153,6 +153,7 @@ async def serve(args: argparse.Namespace) -> int:
     from .eventloop import freeze_after_startup
 
     freezer = asyncio.create_task(freeze_after_startup(runtime.ready))
+    warmer = asyncio.create_task(runtime.renderer.keep_warm())  # /metrics pre-rendered off the scrape path
     log.info("m365-mail-exporter %s listening on %s: %d mailboxes, %d credentials (shard %d of %d)", __version__,
              args.listen, len(runtime.config.mailboxes), len(runtime.config.credentials), shard.index, shard.total)
 
@@ -163,6 +164,7 @@ async def serve(args: argparse.Namespace) -> int:
     await triggers.close()  # no reload may start jobs again while we stop
     log.info("shutting down")
     freezer.cancel()
+    warmer.cancel()
     await runner.cleanup()
     await runtime.stop()
     if demo is not None:

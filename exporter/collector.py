@@ -23,7 +23,6 @@ in OpenMetrics.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -35,11 +34,16 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from .buildinfo import build_info
+from .gzmembers import Chunk, chunk, gzip_body
 from .store import Key, KeyState, ResultStore
 
 CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact may be this old
+WARM_EVERY = 0.25  # keep_warm: seconds between background refreshes of the exposition
+WARM_SLICE = 32  # changed keys rendered per event-loop slice (~1-3 ms)
+WARM_SLICES = 64  # at most this many slices per WARM_EVERY (bounded; the rest waits for the scrape)
 MIN_RENDER_INTERVAL = 0.5  # scrapes within this of the last render share it even if results changed
-BLOCK_KEYS = 32  # small: a scrape after a few hundred results rejoins few keys
+GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip deflate chunk at least (adjacent families share one)
+BLOCK_KEYS = 8  # small: a scrape after a few hundred results rejoins few keys (cost ~ changed keys x this)
 
 # facts recorded by the token probe on ("credential", name) results
 F_EXPIRY = "token_expiry"
@@ -165,7 +169,14 @@ FACT_FAMILIES: list[Family] = _fams(
             "Scheduled probes that started more than 2 s after their slot")]
 IDX = {f.name: i for i, f in enumerate(FAMILIES)}
 OVERDUE = IDX["m365_probe_overdue"]
-Lines = dict[int, str]  # family index -> that family's exposition lines (joined)
+# A fragment: (family index, that family's exposition lines, family index, lines, ...) flattened in
+# one tuple of small ints (interned) and bytes: a third of the memory of a dict of str per key
+# (30,000 keys at 10,000 mailboxes).
+Lines = tuple[int | bytes, ...]
+
+
+def pairs(lines: Lines) -> Iterable[tuple[int, bytes]]:
+    return zip(lines[::2], lines[1::2], strict=True)  # type: ignore[arg-type]
 
 
 def _escape(v: str) -> str:
@@ -198,7 +209,7 @@ class _Out:
 
     @property
     def lines(self) -> Lines:
-        return {i: "".join(v) for i, v in self._lines.items()}
+        return tuple(x for i, v in self._lines.items() for x in (i, "".join(v).encode()))
 
 
 # --------------------------------------------------------------------------- per-key fragments
@@ -366,7 +377,14 @@ class M365Exposition:
         self._homed: dict[Key, Key] = {}  # first member key -> its group
         self.valid_until = float("inf")  # the body may change by time alone from then on
         self._block_of: dict[Key, int] = {}
-        self._config_lines: Lines = {}
+        self._pending: set[Key] = set()  # taken from the store, not rendered yet
+        self._dirty_blocks: set[int] = set()
+        self._config_lines: dict[int, bytes] = {}
+        self._headers: dict[tuple[str, int], bytes] = {}
+        self._fam_version = [0] * len(FAMILIES)  # bumped whenever a family's parts change
+        # (fmt, first family, last family) -> (their versions, deflate chunk)
+        self._gz: dict[tuple[str, int, int], tuple[tuple[int, ...], Chunk]] = {}
+        self.gz_compressed = 0  # families compressed (tests: unchanged families are not)
 
     def add_static(self, name: str, doc: str, labels: dict[str, str], value: float = 1.0) -> None:
         """A constant family set by the runtime (e.g. m365_exporter_shard_info{shard,shards} 1)."""
@@ -382,6 +400,7 @@ class M365Exposition:
         self._entries = {k: e for k, e in self._entries.items() if k in keyset and k not in dirty}
         self._blocks = [_Block(keys[i:i + BLOCK_KEYS]) for i in range(0, len(keys), BLOCK_KEYS)]
         self._parts = [[b""] * len(self._blocks) for _ in FAMILIES]
+        self._fam_version = [v + 1 for v in self._fam_version]
         self._block_of = {k: i // BLOCK_KEYS for i, k in enumerate(keys)}
         self._groups = {}
         for k in keys:
@@ -416,7 +435,7 @@ class M365Exposition:
         members = [st for k in self._groups.get(group, []) if (st := self.store.view(k)) is not None]
         self._group_lines[group] = render_group(group, members)
 
-    def _render_config(self) -> Lines:
+    def _render_config(self) -> dict[int, bytes]:
         out = _Out()
         for c in self.credentials():
             out.add("m365_credential_info", {"credential": c.name, "tenant_id": c.tenant_id, "client_id": c.client_id,
@@ -424,49 +443,73 @@ class M365Exposition:
         for m in self.mailboxes():
             out.add("m365_mailbox_info", {"mailbox": m.mailbox, "address": m.address, "credential": m.credential}, 1.0)
         out.add("m365_exporter_build_info", build_info().labels(), 1.0)
-        return out.lines
+        return dict(pairs(out.lines))
 
-    def _update(self) -> None:
-        dirty = self.store.take_dirty()
+    @property
+    def pending(self) -> bool:
+        """Changed keys taken from the store but not rendered yet (refresh with a limit)."""
+        return bool(self._pending)
+
+    def _update(self, limit: int | None = None) -> bool:
+        """Render changed keys, at most `limit` of them; True when none is left. With a limit a
+        layout change is left for the next full refresh (it renders every key)."""
+        self._pending |= self.store.take_dirty()
         try:
             if self._layout != self.store.layout:
+                if limit is not None:
+                    return False
+                dirty, self._pending = self._pending, set()
                 self._relayout(dirty)
-                return
+                self._dirty_blocks = set(range(len(self._blocks)))
+                return True
+            if limit is None or len(self._pending) <= limit:
+                batch, self._pending = self._pending, set()
+            else:
+                batch = {self._pending.pop() for _ in range(limit)}
             groups: set[Key] = set()
-            for key in dirty:
+            for key in batch:
                 if key not in self._block_of:
                     continue  # pruned meanwhile: the next layout change drops it
                 self._render_key(key)
-                self._blocks[self._block_of[key]].dirty = True
+                self._mark(self._block_of[key])
                 g = group_of(key)
                 if g is not None:
                     groups.add(g)
             for g in groups:
                 self._render_group(g)
-                self._blocks[self._block_of[self._groups[g][0]]].dirty = True
+                self._mark(self._block_of[self._groups[g][0]])
+            return not self._pending
         except BaseException:
             self._layout = -1  # unknown state: rebuild everything next time
             raise
+
+    def _mark(self, bi: int) -> None:
+        self._blocks[bi].dirty = True
+        self._dirty_blocks.add(bi)
 
     # -- output ---------------------------------------------------------------------------
     def _rebuild_block(self, bi: int) -> None:
         """Re-join one block's per-family bytes (its keys' fragments, plus groups homed here)."""
         b = self._blocks[bi]
-        per: dict[int, list[str]] = {}
+        per: dict[int, list[bytes]] = {}
         for k in b.keys:
             e = self._entries.get(k)
             if e is not None:
-                for i, text in e.lines.items():
+                for i, text in pairs(e.lines):
                     per.setdefault(i, []).append(text)
             g = self._homed.get(k)
             if g is not None:
-                for i, text in self._group_lines.get(g, {}).items():
+                for i, text in pairs(self._group_lines.get(g, ())):
                     per.setdefault(i, []).append(text)
         for i in b.joined.keys() - per.keys():
             self._parts[i][bi] = b""
-        b.joined = {i: "".join(v).encode() for i, v in per.items()}
+            self._fam_version[i] += 1
+        old = b.joined
+        b.joined = {i: b"".join(v) for i, v in per.items()}
         for i, data in b.joined.items():
-            self._parts[i][bi] = data
+            if old.get(i) != data:  # unchanged families keep their cached gzip chunk
+                self._parts[i][bi] = data
+                self._fam_version[i] += 1
         b.dirty = False
         b.overdue_valid_until = -1.0
 
@@ -481,35 +524,99 @@ class M365Exposition:
             parts.append(e.overdue_labels + ("1.0\n" if late else "0.0\n"))
             if not late:
                 until = min(until, e.overdue_at)
-        self._parts[OVERDUE][bi] = "".join(parts).encode()
+        data = "".join(parts).encode()
+        if data != self._parts[OVERDUE][bi]:
+            self._parts[OVERDUE][bi] = data
+            self._fam_version[OVERDUE] += 1
         b.overdue_valid_until = until
 
-    def render(self, fmt: str = TEXT, now: float | None = None) -> bytes:
-        self._update()
+    def _header(self, fmt: str, i: int) -> bytes:
+        h = self._headers.get((fmt, i))
+        if h is None:
+            h = self._headers[(fmt, i)] = FAMILIES[i].header(fmt)
+        return h
+
+    def refresh(self, now: float | None = None, limit: int | None = None) -> bool:
+        """Bring the parts up to date: changed keys, their blocks, time-derived overdue flags.
+
+        With `limit`: at most that many changed keys and their blocks, no overdue pass and no
+        relayout (a slice small enough for the event loop); True when nothing is pending."""
+        done = self._update(limit)
+        if limit is not None:
+            for bi in self._dirty_blocks:
+                self._rebuild_block(bi)
+            self._dirty_blocks = set()
+            return done
         now = time.time() if now is None else now
         for bi, b in enumerate(self._blocks):
             if b.dirty:
                 self._rebuild_block(bi)
             if now >= b.overdue_valid_until:
                 self._overdue_block(bi, now)
+        self._dirty_blocks = set()
         self.valid_until = min((b.overdue_valid_until for b in self._blocks), default=float("inf"))
+        return done
+
+    def _tail(self, fmt: str) -> bytes:
+        """Static families and exporter facts: small, rebuilt every time."""
         out: list[bytes] = []
-        for i, fam in enumerate(FAMILIES):
-            out.append(fam.header(fmt))
-            out += self._parts[i]
-            if i in self._config_lines:
-                out.append(self._config_lines[i].encode())
-            if fam.name == "m365_exporter_build_info":
-                for sfam, rows in self.static:
-                    out.append(sfam.header(fmt))
-                    for row in rows:
-                        labels = {k: v for k, v in row.items() if k != "__value__"}
-                        out.append(sample_line(sfam.name, labels, float(row["__value__"])).encode())
+        for sfam, rows in self.static:
+            out.append(sfam.header(fmt))
+            for row in rows:
+                labels = {k: v for k, v in row.items() if k != "__value__"}
+                out.append(sample_line(sfam.name, labels, float(row["__value__"])).encode())
         facts = dict(self.store.facts)
         for fam in FACT_FAMILIES:
             if fam.name in facts:
                 out.append(fam.header(fmt) + sample_line(fam.sample, {}, facts[fam.name]).encode())
         return b"".join(out)
+
+    def _family(self, fmt: str, i: int) -> list[bytes]:
+        out = [self._header(fmt, i)]
+        out += self._parts[i]
+        if i in self._config_lines:
+            out.append(self._config_lines[i])
+        return out
+
+    def body(self, fmt: str = TEXT, extra: bytes = b"") -> bytes:
+        """The exposition as of the last refresh(), then `extra` (one join of the cached parts)."""
+        out: list[bytes] = []
+        for i in range(len(FAMILIES)):
+            out += self._family(fmt, i)
+        out.append(self._tail(fmt))  # static families follow m365_exporter_build_info, the last one
+        out.append(extra)
+        return b"".join(out)
+
+    def gzip_chunks(self, fmt: str = TEXT) -> list[Chunk]:
+        """The exposition as of the last refresh() as deflate chunks (gzmembers.py), each a run of
+        adjacent families of at least GZ_MIN_MEMBER bytes (small chunks compress badly): a run
+        none of whose families changed keeps its chunk, the rest are compressed again."""
+        out: list[Chunk] = []
+        gz: dict[tuple[str, int, int], tuple[tuple[int, ...], Chunk]] = {}
+        run: list[bytes] = []
+        size, first = 0, 0
+        for i in range(len(FAMILIES)):
+            parts = self._family(fmt, i)
+            run += parts
+            size += sum(map(len, parts))
+            if size < GZ_MIN_MEMBER and i < len(FAMILIES) - 1:
+                continue
+            slot, versions = (fmt, first, i), tuple(self._fam_version[first:i + 1])
+            hit = self._gz.get(slot)
+            if hit is None or hit[0] != versions:
+                hit = (versions, chunk(b"".join(run)))
+                self.gz_compressed += 1
+            gz[slot] = hit
+            out.append(hit[1])
+            run, size, first = [], 0, i + 1
+        # runs not produced this time (moved boundaries) are dropped; the other format's are kept
+        self._gz = {k: v for k, v in self._gz.items() if k[0] != fmt} | gz
+        out.append(chunk(self._tail(fmt)))
+        return out
+
+    def render(self, fmt: str = TEXT, now: float | None = None) -> bytes:
+        self.refresh(now)
+        return self.body(fmt)
 
 
 # --------------------------------------------------------------------------- the renderer
@@ -517,7 +624,10 @@ class M365Exposition:
 
 @dataclass
 class _Cached:
-    body: bytes = b""
+    """One format's body at one store version: the pieces, joined and gzipped on demand."""
+
+    refreshed: bool = False  # the exposition was refreshed for this version
+    body: bytes | None = None
     gz: bytes | None = None
     version: int = -1
     layout: int = -1
@@ -549,39 +659,85 @@ class MetricsRenderer:
         self.exposition.add_static(name, doc, labels, value)
         self.store.bump()  # invalidate cached bodies
 
+    async def keep_warm(self) -> None:
+        """Keep the exposition rendered, so a scrape only joins or compresses.
+
+        Why: the first render after start-up or a reload renders every key (~1 s at 10,000
+        mailboxes): it runs here, in a worker thread, and no scrape waits for it. Changed keys
+        are then rendered every WARM_EVERY in small slices *on the event loop*, yielding between
+        slices: a worker thread running Python competes with the loop for the GIL and the loop
+        gets it back only every switch interval (5 ms) per blocking call, which stalled it for
+        the whole render; a 1-3 ms slice is shorter than one such wait. A slice never waits for
+        the lock (a scrape's join or gzip holds it): it tries again next time."""
+        while True:
+            await asyncio.sleep(WARM_EVERY)
+            if self.exposition._layout != self.store.layout:
+                await asyncio.to_thread(self._refresh)
+                continue
+            for _ in range(WARM_SLICES):
+                if not (self.store.changed or self.exposition.pending) or not self._lock.acquire(blocking=False):
+                    break
+                try:
+                    done = self.exposition.refresh(limit=WARM_SLICE)
+                finally:
+                    self._lock.release()
+                if done and not self.store.changed:
+                    break
+                await asyncio.sleep(0)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self.exposition.refresh(time.time())
+
     def render_sync(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
+        """Render now (changed keys only), then join or gzip; runs in a worker thread."""
         with self._lock:
             version = self.store.version
-            now = time.time()
-            body = self.exposition.render(fmt, now)
-            if fmt == OPENMETRICS:
-                body += generate_openmetrics(self.standard)  # ends with "# EOF"
-            else:
-                body += generate_latest(self.standard)
+            self.exposition.refresh(time.time())
             for other, oc in self._cache.items():
                 if other != fmt and oc.version != version:  # stale anyway: free its memory
                     self._cache[other] = _Cached()
-            c = self._cache[fmt]
-            c.body, c.gz, c.version, c.at = body, None, version, time.monotonic()
-            c.layout = self.exposition._layout
-            c.valid_until = self.exposition.valid_until
-            if gzipped:
-                c.gz = gzip.compress(body, compresslevel=1, mtime=0)
-                return c.gz
-            return body
+            self._cache[fmt] = _Cached(True, None, None, version, self.exposition._layout, time.monotonic(),
+                                       self.exposition.valid_until)
+            return self._finish_locked(fmt, gzipped)
 
-    def _fresh(self, fmt: str, gzipped: bool) -> bytes | None:
+    def _finish(self, fmt: str, gzipped: bool) -> bytes:
+        with self._lock:
+            return self._finish_locked(fmt, gzipped)
+
+    def _finish_locked(self, fmt: str, gzipped: bool) -> bytes:
+        """The refreshed exposition as a body, joined once or gzipped once per version.
+
+        The gzip body never needs the joined text: it is the families' cached deflate chunks
+        (only changed families recompressed) plus the standard collectors'."""
+        c = self._cache[fmt]
+        std = generate_openmetrics(self.standard) if fmt == OPENMETRICS else generate_latest(self.standard)
+        if gzipped:
+            if c.gz is None:
+                c.gz = gzip_body([*self.exposition.gzip_chunks(fmt), chunk(std)])
+            return c.gz
+        if c.body is None:
+            c.body = self.exposition.body(fmt, std)  # OpenMetrics: std ends with "# EOF"
+        return c.body
+
+    def _current(self, fmt: str) -> _Cached | None:
         c = self._cache[fmt]
         age = time.monotonic() - c.at
-        if c.version < 0 or age >= CACHE_MAX_AGE or time.time() >= c.valid_until or c.layout != self.store.layout:
+        if not c.refreshed or age >= CACHE_MAX_AGE or time.time() >= c.valid_until or c.layout != self.store.layout:
             return None
         if c.version != self.store.version and age >= MIN_RENDER_INTERVAL:
             return None
-        if gzipped:
-            return c.gz
-        return c.body
+        return c
+
+    def _fresh(self, fmt: str, gzipped: bool) -> bytes | None:
+        c = self._current(fmt)
+        if c is None:
+            return None
+        return c.gz if gzipped else c.body
 
     async def render(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
+        """The body for one scrape. On the event loop only cache checks run: rendering, joining
+        and compressing happen in a worker thread (zlib releases the GIL while it compresses)."""
         cached = self._fresh(fmt, gzipped)
         if cached is not None:
             return cached
@@ -591,9 +747,6 @@ class MetricsRenderer:
             cached = self._fresh(fmt, gzipped)
             if cached is not None:
                 return cached
-            c = self._cache[fmt]
-            if gzipped and c.gz is None and self._fresh(fmt, False) is not None:
-                body = c.body
-                c.gz = await asyncio.to_thread(gzip.compress, body, 1, mtime=0)
-                return c.gz
+            if self._current(fmt) is not None:
+                return await asyncio.to_thread(self._finish, fmt, gzipped)
             return await asyncio.to_thread(self.render_sync, fmt, gzipped)

@@ -74,7 +74,7 @@ def _new_transcript() -> Transcript:
     return Transcript() if _RECORDING.get() else NO_TRANSCRIPT
 
 
-@dataclass
+@dataclass(slots=True)  # one per key (30,000 at 10,000 mailboxes): no per-instance __dict__
 class ProbeResult:
     """Outcome of one probe run. `reason` is None exactly when `success` is True."""
 

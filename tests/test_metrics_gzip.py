@@ -1,0 +1,158 @@
+"""The gzip body (one gzip member of cached deflate chunks, one per run of families) decodes to
+exactly the text body (Python, streaming zlib, GNU gzip, curl), after changes and reloads too; a
+scrape recompresses only runs whose families changed; keep_warm renders in the background so
+scrapes do not, and sliced refreshes give the same bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import http.server
+import shutil
+import subprocess
+import threading
+import zlib
+
+import pytest
+
+from exporter import collector
+from exporter.collector import OPENMETRICS, TEXT, MetricsRenderer
+from exporter.gzmembers import crc32_combine, gzip_body
+from exporter.probes.result import ProbeResult
+from exporter.reasons import Reason
+from tests.test_exposition import CREDS, SHARD, exposition, mailboxes, reference, rich_store
+
+
+def renderer(n: int) -> MetricsRenderer:
+    st = rich_store(n)
+    r = MetricsRenderer(st, lambda: CREDS, mailboxes)
+    r.add_static(*SHARD)
+    return r
+
+
+def bodies(r: MetricsRenderer, fmt: str) -> tuple[bytes, bytes]:
+    """(gzip, text) of the same refresh, without the standard collectors (their values move by
+    themselves between two calls); the whole renderer body is checked as well, without them."""
+    whole = r.render_sync(fmt, gzipped=True)
+    assert m365_only(gzip.decompress(whole)) == m365_only(r._finish(fmt, False))
+    e = r.exposition
+    return gzip_body(e.gzip_chunks(fmt)), e.body(fmt)
+
+
+def m365_only(text: bytes) -> bytes:
+    return b"\n".join(ln for ln in text.split(b"\n") if not ln.startswith((b"process_", b"python_", b"# HELP p",
+                                                                           b"# TYPE p")))
+
+
+def test_gzip_decodes_to_the_text_body_in_both_formats_and_after_changes() -> None:
+    r = renderer(3000)  # > GZ_MIN_MEMBER: several members
+    for fmt in (TEXT, OPENMETRICS):
+        gz, text = bodies(r, fmt)
+        assert len(r.exposition._gz) > 2  # several chunks
+        assert gzip.decompress(gz) == text
+        d = zlib.decompressobj(wbits=31)  # one member: a client that reads only the first one gets it all
+        assert d.decompress(gz) == text and d.eof and not d.unused_data
+    st = r.store
+    st.record(("mailbox", "box5@contoso.example", "imap"), ProbeResult.fail(Reason.TIMEOUT, 15.0))
+    st.record(("endpoint", "outlook.office365.com", "995"), ProbeResult.fail(Reason.TLS_UNTRUSTED, 0.1))
+    gz, text = bodies(r, OPENMETRICS)
+    assert gzip.decompress(gz) == text and b'reason="timeout"' in text
+    st.prune({k for k in st.keys() if "box3@" not in k[1]})  # a reload
+    st.ensure(("mailbox", "new@contoso.example", "imap"), 300, 15)
+    gz, text = bodies(r, TEXT)
+    assert gzip.decompress(gz) == text and b"box3@" not in text and b"new@contoso.example" in text
+
+
+def test_unchanged_families_are_not_recompressed() -> None:
+    r = renderer(3000)
+    e = r.exposition
+    r.render_sync(TEXT, gzipped=True)
+    first = e.gz_compressed
+    assert first > 2
+    r.render_sync(TEXT, gzipped=True)
+    assert e.gz_compressed == first  # nothing changed: every member reused
+    r.store.record(("credential", "app"), ProbeResult.ok(0.4, token_expiry=1.9e9))
+    gz, text = bodies(r, TEXT)
+    assert 1 <= e.gz_compressed - first < first  # only the runs holding token families
+    assert gzip.decompress(gz) == text
+
+
+def test_gnu_gzip_and_curl_read_the_body() -> None:
+    gz, text = bodies(renderer(3000), OPENMETRICS)
+    out = subprocess.run(["gzip", "-dc"], input=gz, capture_output=True, timeout=30, check=True).stdout
+    assert out == text and b"m365_probe_success{" in out
+    if shutil.which("curl") is None:
+        return
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(gz)))
+            self.end_headers()
+            self.wfile.write(gz)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:  # curl 7.88 stops after a first gzip member: the reason the body is one member
+        got = subprocess.run(["curl", "-s", "--compressed", f"http://127.0.0.1:{server.server_port}/"],
+                             capture_output=True, timeout=30, check=True).stdout
+    finally:
+        server.shutdown()
+    assert got == text
+
+
+def test_crc32_combine() -> None:
+    for a, b in ((b"", b""), (b"a", b""), (b"", b"b"), (b"x" * 1000, bytes(range(256)) * 77)):
+        assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_keep_warm_renders_before_the_first_scrape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
+    r = renderer(300)
+
+    async def main() -> None:
+        warm = asyncio.create_task(r.keep_warm())
+        try:
+            for _ in range(100):  # bounded: 5 s
+                await asyncio.sleep(0.05)
+                if r.exposition.fragment_renders and not r.store.changed:
+                    break
+            renders = r.exposition.fragment_renders
+            assert renders >= 300 * 4  # every key rendered, no scrape asked for it
+            body = await r.render(OPENMETRICS)
+            assert r.exposition.fragment_renders == renders and b"m365_probe_success{" in body  # scrape: no re-render
+            r.store.record(("mailbox", "box8@contoso.example", "imap"), ProbeResult.ok(0.3))
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+                if r.exposition.fragment_renders > renders:
+                    break
+            assert r.exposition.fragment_renders == renders + 1  # the change, in the background
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+
+    asyncio.run(main())
+
+
+def test_sliced_refresh_gives_the_same_body() -> None:
+    st = rich_store(40)
+    e = exposition(st)
+    e.render()
+    for n in range(25):
+        st.record(("mailbox", f"box{n + 1}@contoso.example", "imap"), ProbeResult.ok(0.2 + n, messages=float(n)))
+    before = e.fragment_renders
+    assert e.refresh(limit=10) is False and e.pending  # 10 of 25 rendered
+    assert e.fragment_renders == before + 10
+    assert e.refresh(limit=10) is False
+    assert e.refresh(limit=10) is True and not e.pending
+    assert e.render() == reference(st)
+    st.prune({k for k in st.keys() if "box3@" not in k[1]})  # a layout change waits for the full refresh
+    assert e.refresh(limit=10) is False
+    assert e.render() == reference(st) and b"box3@" not in e.render()
