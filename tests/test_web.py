@@ -86,6 +86,11 @@ async def test_metrics_probe_ready_and_landing(env: Env, tmp_path: Path) -> None
         assert (await client.get("/probe")).status == 400
         landing = await (await client.get("/")).text()
         assert "sales@contoso.example" in landing and "mailbox_not_accessible" in landing
+        # /debug: the recorded failure, marked not live, with the fix filled for this mailbox (never probes)
+        text = await (await client.get("/debug", params={"mailbox": "sales@contoso.example", "check": "imap"})).text()
+        fix = next(line for line in text.splitlines() if line.startswith("fix:"))
+        assert "Add-MailboxPermission -Identity sales@contoso.example" in fix and "recorded result" not in fix
+        assert any(line.startswith("NOT LIVE: recorded result") for line in text.splitlines()), text
 
 
 async def test_reload_keeps_old_config_on_error_and_applies_good_one(env: Env, tmp_path: Path) -> None:
