@@ -20,7 +20,6 @@ Rules it keeps:
 from __future__ import annotations
 
 import html
-import inspect
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from aiohttp import web
 
 from . import __version__
 from .collector import F_EXPIRY, SECRET_PREFIX
+from .fixes import fix_for_credential, fix_for_key, fix_for_mail
 from .probes.oldest import OLDEST_FACT
 from .probes.result import ProbeResult
 from .reasons import Category, Reason
@@ -43,13 +43,6 @@ REFRESH = 15  # seconds between refreshes of the board
 EXPIRY_WARN = 30 * 86400  # countdowns turn amber below this
 EXPIRY_CRIT = 7 * 86400  # and red below this
 OLDEST_WARN = 3600  # an oldest message older than this is shown amber (the alert's default threshold)
-
-
-def fix(reason: Reason, **context: str | int | None) -> str:
-    """reason.fix_for with whatever context it accepts (mailbox, credential; host/port where supported),
-    so every fix on the board names the real mailbox, credential or endpoint."""
-    params = inspect.signature(reason.fix_for).parameters
-    return reason.fix_for(**{k: v for k, v in context.items() if k in params and v is not None})
 
 
 def esc(value: object) -> str:
@@ -115,11 +108,11 @@ def build(rt: Runtime, now: float | None = None) -> Board:
         st = snap.get(("credential", name))
         if st is not None and st.last is not None and not st.last.success and st.last.reason is not None:
             r = st.last.reason
-            cause("credential", name, r, st.last.detail, fix(r, credential=name))
+            cause("credential", name, r, st.last.detail, fix_for_credential(cfg, r, name))
     for key, st in snap.items():
         if key[0] == "endpoint" and st.last is not None and not st.last.success and st.last.reason is not None:
             r = st.last.reason
-            cause("endpoint", f"{key[1]}:{key[2]}", r, st.last.detail, fix(r, host=key[1], port=int(key[2])))
+            cause("endpoint", f"{key[1]}:{key[2]}", r, st.last.detail, fix_for_key(cfg, r, key))
 
     for m in cfg.mailboxes:
         checks: dict[str, ProbeResult | None] = {}
@@ -149,14 +142,14 @@ def build(rt: Runtime, now: float | None = None) -> Board:
                     base = own.last if own is not None and own.last is not None and not own.last.success else res
                     br = base.reason or r
                     c = cause("credential", m.credential, br, base.detail,
-                              fix(br, mailbox=m.address, credential=m.credential))
+                              fix_for_mail(cfg, br, m.label, "token"))
             elif r.info.category is Category.NETWORK and check != "token":
                 ep = cfg.endpoint_for(m, check)
                 c = causes.get(("endpoint", f"{ep.host}:{ep.port}", "")) or cause(
                     "endpoint", f"{ep.host}:{ep.port}", r, res.detail,
-                    fix(r, mailbox=m.address, host=ep.host, port=ep.port))
+                    fix_for_mail(cfg, r, m.label, check))
             else:
-                c = cause("mailbox", m.label, r, res.detail, fix(r, mailbox=m.address, credential=m.credential))
+                c = cause("mailbox", m.label, r, res.detail, fix_for_mail(cfg, r, m.label, check))
             c.affected.append((m.label, check))
         if messages == 0:
             oldest = None
