@@ -151,6 +151,7 @@ async def serve(args: argparse.Namespace) -> int:
         return 1
     runtime.start()  # probes start only once the port is ours: a second instance never probes
     from .eventloop import freeze_after_startup
+    from .tasks import cancel_and_wait
 
     freezer = asyncio.create_task(freeze_after_startup(runtime.ready))
     warmer = asyncio.create_task(runtime.renderer.keep_warm())  # /metrics pre-rendered off the scrape path
@@ -163,8 +164,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await triggers.close()  # no reload may start jobs again while we stop
     log.info("shutting down")
-    freezer.cancel()
-    warmer.cancel()
+    await cancel_and_wait([freezer, warmer])
     await runner.cleanup()
     await runtime.stop()
     if demo is not None:
