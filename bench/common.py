@@ -62,11 +62,18 @@ def write_config(info: dict[str, Any], path: Path, checks: list[str], **defaults
 
 
 def start_exporter(config: Path, port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
-         f"127.0.0.1:{port}", "--log.level", "warning"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL,
-    )
+    """The exporter, its warnings and errors in exporter.log beside the config (wait_ready shows them)."""
+    with open(config.parent / "exporter.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config.file", str(config), "--web.listen-address",
+             f"127.0.0.1:{port}", "--log.level", "warning"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=log,
+        )
+    EXPORTER_LOGS[port] = (proc, config.parent / "exporter.log")
+    return proc
+
+
+EXPORTER_LOGS: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
 
 
 def start_stack(
@@ -89,14 +96,19 @@ def get(url: str, timeout: float = 30, context: ssl.SSLContext | None = None) ->
 
 
 def wait_ready(port: int, seconds: float) -> float:
+    """Seconds until /-/ready answers 200; fails at once (with the log's tail) if the exporter died."""
     t0 = time.monotonic()
+    proc, log = EXPORTER_LOGS.get(port, (None, None))
     while time.monotonic() - t0 < seconds:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_bytes()[-4000:].decode(errors="replace") if log is not None else ""
+            raise RuntimeError(f"exporter exited with {proc.returncode} before ready:\n{tail}")
         try:
             get(f"http://127.0.0.1:{port}/-/ready", timeout=2)
             return time.monotonic() - t0
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError("exporter not ready")
+    raise TimeoutError(f"exporter not ready within {seconds:.0f} s")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -281,7 +281,7 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-MAX_CONFIG_BYTES = 4 * 1024 * 1024  # a config is a few KiB; a bigger file is a mistake (or an attack)
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # ~200,000 mailboxes (one config shared by all shards); more is a mistake
 
 # Minimums that protect Microsoft's endpoints (and the tenant's throttling budget) from a typo;
 # `unsafe_allow_short_intervals: true` waives them (and timeout < interval) for the demo/tests.

@@ -21,7 +21,8 @@ from yaml.nodes import ScalarNode
 
 Loader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_DEPTH = 64
-MAX_NODES = 200_000
+MAX_NODES = 200_000  # nodes (aliases expanded) any document may have, however short
+BYTES_PER_NODE = 4  # a longer document may have up to len / this (a mailbox is ~10 nodes in ~75 bytes)
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Path_ = tuple[Any, ...]
@@ -60,16 +61,25 @@ class _Frame:
     explicit: set[Any] = field(default_factory=set)
 
 
+def node_limit(length: int) -> int:
+    """Nodes allowed in a document of `length` characters, aliases expanded.
+
+    Proportional to the text, so a config of 30,000 mailboxes (~300,000 nodes in 2.2 MB) loads,
+    while aliases can never make a document much bigger than its text ("billion laughs" in a
+    few hundred bytes still stops at MAX_NODES)."""
+    return max(MAX_NODES, length // BYTES_PER_NODE)
+
+
 def load_document(text: str) -> Document:
     """Parse `text` (one YAML document) -> Document. Raises YAMLProblem or yaml.YAMLError."""
     loader = Loader(text)
     try:
-        return _walk(loader)
+        return _walk(loader, node_limit(len(text)))
     finally:
         loader.dispose()
 
 
-def _walk(loader: Any) -> Document:
+def _walk(loader: Any, limit: int) -> Document:
     doc = Document(None)
     stack: list[_Frame] = []
     anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, node count)
@@ -122,15 +132,15 @@ def _walk(loader: Any) -> Document:
             continue
         if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent | yaml.ScalarEvent):
             nodes += 1
-            if nodes > MAX_NODES:
-                raise YAMLProblem(line, f"more than {MAX_NODES} YAML nodes")
+            if nodes > limit:
+                raise YAMLProblem(line, f"more than {limit} YAML nodes")
         if isinstance(event, yaml.AliasEvent):
             if event.anchor not in anchors:
                 raise YAMLProblem(line, f"unknown or recursive alias *{event.anchor}")
             value, size = anchors[event.anchor]
             nodes += size
-            if nodes > MAX_NODES:
-                raise YAMLProblem(line, f"more than {MAX_NODES} YAML nodes (aliases expanded)")
+            if nodes > limit:
+                raise YAMLProblem(line, f"more than {limit} YAML nodes (aliases expanded)")
             place(value, size, line, None)
         elif isinstance(event, yaml.ScalarEvent):
             tag = event.tag if event.tag not in (None, "!") else loader.resolve(ScalarNode, event.value,

@@ -99,6 +99,15 @@ def test_one_parse_with_the_c_loader(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(cfg.mailboxes) == 2
 
 
+def test_node_bound_grows_with_the_text_so_large_fleets_load() -> None:
+    """30,000 mailboxes are ~300,000 nodes: more than the floor, well within text / 4."""
+    many = "x:\n" + "  - ab\n" * 250_000  # 7 bytes per node
+    assert len(yamlload.load_document(many).data["x"]) == 250_000
+    dense = "x: [" + "a," * 250_000 + "a]\n"  # 2 bytes per node: more nodes than its length allows
+    with pytest.raises(yamlload.YAMLProblem, match="YAML nodes"):
+        yamlload.load_document(dense)
+
+
 def test_anchors_merge_keys_and_alias_bombs() -> None:
     text = GOOD.replace("defaults:\n", "x-tls: &tls {insecure_skip_verify: false}\ndefaults:\n  tls: *tls\n")
     assert "unknown field" in errors_of(text)[0]  # x-tls is not a field: still one clear error
