@@ -5,13 +5,17 @@ Why these rules:
   interval and keeps each job's timing stable across restarts; a little random jitter
   avoids lock-step with other exporters. The first run of every job happens within a
   short start-up window so the exporter is ready quickly.
-- One task per job, awaiting its own probe: a job never overlaps itself. A reload that
-  changes a job cancels its task and starts the replacement, which waits until every
-  retired task of the same key has ended before its first probe (re-cancelling a straggler
-  after a bound and logging it), so a reload storm can never leave two copies probing.
-  `settle()` lets a reload wait (bounded) until the retired tasks are gone. A replacement
-  also keeps its predecessor's rhythm: its first probe is due one (new) interval after the
-  predecessor's last one, so reloads never add logins or token requests.
+- A job is a timer between probes and a task only while it probes: one `loop.call_at`
+  handle per job instead of one sleeping task (at 10,000 mailboxes x 3 checks a sleeping
+  task per job was ~41 MiB and the largest share of the loop's bookkeeping). The task
+  arms the job's next timer when its probe ends, so a job never overlaps itself.
+- A reload that changes a job disarms its timer and cancels its probe task; the
+  replacement waits until every retired task of the same key has ended before its first
+  probe (re-cancelling a straggler after a bound and logging it), so a reload storm can
+  never leave two copies probing. `settle()` lets a reload wait (bounded) until the
+  retired tasks are gone. A replacement also keeps its predecessor's rhythm: its first
+  probe is due one (new) interval after the predecessor's last one, so reloads never add
+  logins or token requests.
 - Two budgets: token refreshes (and other credential-level jobs) have their own small
   semaphore, so they never queue behind thousands of mail probes (a starved token job makes
   every mailbox of that credential look stale); mail and endpoint probes share the main one.
@@ -20,7 +24,8 @@ Why these rules:
 - First runs are spread over a start-up window that grows with the job count
   (max(STARTUP_SPREAD, jobs / STARTUP_RATE)) instead of a burst; credential jobs start within
   STARTUP_SPREAD, since every mail probe needs their token. `caught_up()` tells readiness
-  whether the schedule is being kept (no first run later than its timeout).
+  whether the schedule is being kept: every credential job ran once and no first run is
+  still waiting (for its timer or a slot) more than its timeout past its slot.
 - Background probes run with transcripts off (probes/result.py): only `/probe?debug` and
   `check` read a transcript, and they run their own probe.
 """
@@ -28,10 +33,10 @@ Why these rules:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import random
-import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,7 +51,10 @@ JITTER = 0.02  # +-2% of the interval
 RETIRE_GRACE = 5.0  # a cancelled job task still running after its timeout + this is re-cancelled and logged
 STOP_TIMEOUT = 10.0  # stop() waits at most this long for cancelled tasks
 LATE_AFTER = 2.0  # a probe starting later than this after its slot counts as a late start
+MIN_GAP = 0.05  # seconds between the end of a probe and the job's next start, at least
 TOKEN_KINDS = frozenset({"credential", "audit"})  # jobs on the token budget
+
+Key = tuple[str, ...]
 
 
 def token_budget(concurrency: int) -> int:
@@ -56,7 +64,7 @@ def token_budget(concurrency: int) -> int:
 
 @dataclass(eq=False)
 class Job:
-    key: tuple[str, ...]
+    key: Key
     interval: float
     timeout: float
     run: Callable[[], Awaitable[None]] = field(repr=False)
@@ -67,6 +75,23 @@ class Job:
         """Fraction in [0, 1) derived from the key: stable across restarts."""
         return (zlib.crc32("/".join(self.key).encode()) & 0xFFFFFFFF) / 2**32
 
+    @property
+    def name(self) -> str:
+        return "probe:" + "/".join(self.key)
+
+
+class _Entry:
+    """One scheduled job: armed (`timer`), probing or waiting for predecessors (`task`)."""
+
+    __slots__ = ("job", "origin", "slot", "task", "timer")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.origin = 0.0  # this job's slot on its interval grid (loop time)
+        self.slot = 0.0  # when the current/next run is due (loop time)
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
 
 class Scheduler:
     def __init__(self, concurrency: int, on_wait: Callable[[float], None] | None = None,
@@ -75,51 +100,134 @@ class Scheduler:
         self._sem = asyncio.Semaphore(concurrency)
         self._token_sem = asyncio.Semaphore(token_budget(concurrency))
         self._on_start = on_start  # lateness of each scheduled start vs its slot (seconds)
-        self._first_due: dict[tuple[str, ...], float] = {}  # key -> monotonic deadline of its first run
-        self._first_done: set[tuple[str, ...]] = set()
-        self.window = STARTUP_SPREAD
-        self._caught_up_n = -1
-        self._tasks: dict[tuple[str, ...], tuple[Job, asyncio.Task[None]]] = {}
-        # cancelled tasks of replaced/removed jobs that have not ended yet, by job key
-        self._retiring: dict[tuple[str, ...], set[asyncio.Task[None]]] = {}
-        self._last_start: dict[tuple[str, ...], float] = {}  # monotonic start of each job's last probe
         self._on_wait = on_wait
+        # start-up bookkeeping for caught_up(): mail/endpoint jobs whose first run has not
+        # started (key -> loop-time slot, plus a heap of (slot, key) with lazy deletion) and
+        # credential/audit jobs whose first run has not ended
+        self._first_due: dict[Key, float] = {}
+        self._first_heap: list[tuple[float, Key]] = []
+        self._first_tokens: set[Key] = set()
+        self._caught_up = False  # latched once true, until new jobs arrive
+        self._ran_any = False  # some scheduled probe has ended: the pipeline works at all
+        self.window = STARTUP_SPREAD
+        self._entries: dict[Key, _Entry] = {}
+        # cancelled tasks of replaced/removed jobs that have not ended yet, by job key
+        self._retiring: dict[Key, set[asyncio.Task[None]]] = {}
+        self._last_start: dict[Key, float] = {}  # loop time of each job's last probe start
         self._stopping = False
 
     @property
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    @property
     def jobs(self) -> list[Job]:
-        return [job for job, _ in self._tasks.values()]
+        return [e.job for e in self._entries.values()]
 
     def set_jobs(self, jobs: list[Job]) -> None:
-        """Replace the job set: unchanged jobs keep running; removed ones stop; new ones start.
+        """Replace the job set: unchanged jobs keep their rhythm; removed ones stop; new ones start.
 
-        A replaced or removed job's task is cancelled and kept as retiring until it ended; a
-        replacement never probes before its predecessors ended (see module doc)."""
+        A replaced or removed job's timer is disarmed and its task cancelled and kept as
+        retiring until it ended; a replacement never probes before its predecessors ended."""
         wanted = {j.key: j for j in jobs}
-        for key, (job, task) in list(self._tasks.items()):
+        for key, entry in list(self._entries.items()):
             new = wanted.get(key)
+            job = entry.job
             if new is None or (new.signature, new.interval, new.timeout) != (job.signature, job.interval, job.timeout):
-                self._retire(key, task)
-                del self._tasks[key]
+                del self._entries[key]
+                self._retire(key, entry)
             else:
                 job.run = new.run  # pick up the new closure (e.g. a new provider) without re-phasing
         for key in [k for k in self._last_start if k not in wanted]:
             del self._last_start[key]
-        for key, job in wanted.items():
-            if key not in self._tasks:
-                predecessors = set(self._retiring.get(key, ()))
-                task = asyncio.create_task(self._loop(job, predecessors, self._last_start.get(key)),
-                                           name="probe:" + "/".join(key))
-                self._tasks[key] = (job, task)
+        now = self._loop.time()
+        fresh = [job for key, job in wanted.items() if key not in self._entries]
+        if fresh:
+            self._caught_up = False
+            if any(job.key[0] not in TOKEN_KINDS for job in fresh):
+                self.window = self.startup_window(len(wanted))
+        for job in fresh:
+            entry = self._entries[job.key] = _Entry(job)
+            predecessors = {t for t in self._retiring.get(job.key, ()) if not t.done()}
+            last_start = self._last_start.get(job.key)
+            if predecessors:
+                entry.task = asyncio.create_task(self._after_predecessors(entry, predecessors, last_start),
+                                                 name=job.name)
+                continue
+            self._plan_first(entry, now, last_start)
 
-    def _retire(self, key: tuple[str, ...], task: asyncio.Task[None]) -> None:
+    def _plan_first(self, entry: _Entry, now: float, last_start: float | None) -> None:
+        job = entry.job
+        if last_start is not None:  # a replacement keeps its predecessor's rhythm
+            entry.origin = max(now, last_start + job.interval * (1 - JITTER))
+            self._arm(entry, entry.origin)
+            return
+        entry.origin = now + job.phase * job.interval
+        spread = STARTUP_SPREAD if job.key[0] in TOKEN_KINDS else self.window
+        first = now + job.phase * min(job.interval, spread)
+        if job.key[0] in TOKEN_KINDS:
+            self._first_tokens.add(job.key)
+        else:
+            self._first_due[job.key] = first
+            heapq.heappush(self._first_heap, (first, job.key))
+        self._arm(entry, first)
+
+    def _arm(self, entry: _Entry, when: float) -> None:
+        entry.slot = when
+        entry.task = None
+        entry.timer = self._loop.call_at(when, self._fire, entry)
+
+    def _fire(self, entry: _Entry) -> None:
+        entry.timer = None
+        if self._stopping or self._entries.get(entry.job.key) is not entry:
+            return
+        entry.task = asyncio.create_task(self._probe(entry), name=entry.job.name)
+
+    async def _probe(self, entry: _Entry) -> None:
+        job = entry.job
+        try:
+            await self._run_once(job, entry.slot)
+        finally:
+            self._first_tokens.discard(job.key)
+            self._ran_any = True
+            if not self._stopping and self._entries.get(job.key) is entry:
+                # next grid slot at least half an interval away, plus a little jitter
+                now = self._loop.time()
+                k = max(0, math.ceil((now + job.interval / 2 - entry.origin) / job.interval))
+                slot = entry.origin + k * job.interval + random.uniform(-JITTER, JITTER) * job.interval
+                self._arm(entry, max(now + MIN_GAP, slot))
+
+    async def _after_predecessors(self, entry: _Entry, tasks: set[asyncio.Task[None]],
+                                  last_start: float | None) -> None:
+        """A replacement: wait until its predecessors ended, then plan its first run."""
+        job = entry.job
+        pending = tasks
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=job.timeout + RETIRE_GRACE)
+            if pending:
+                log.error("job %s: its previous task ignores cancellation; not starting a second copy",
+                          "/".join(job.key))
+                for t in pending:
+                    t.cancel()
+        if not self._stopping and self._entries.get(job.key) is entry:
+            self._plan_first(entry, self._loop.time(), self._last_start.get(job.key, last_start))
+
+    def _retire(self, key: Key, entry: _Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        self._first_due.pop(key, None)  # a replacement plans its own first run
+        self._first_tokens.discard(key)
+        task = entry.task
+        if task is None:
+            return
         task.cancel()
         if task.done():
             return
         self._retiring.setdefault(key, set()).add(task)
         task.add_done_callback(lambda t: self._retired(key, t))
 
-    def _retired(self, key: tuple[str, ...], task: asyncio.Task[None]) -> None:
+    def _retired(self, key: Key, task: asyncio.Task[None]) -> None:
         bucket = self._retiring.get(key)
         if bucket is not None:
             bucket.discard(task)
@@ -131,25 +239,19 @@ class Scheduler:
         """Cancelled job tasks that have not ended yet."""
         return sum(len(b) for b in self._retiring.values())
 
+    def armed(self) -> list[str]:
+        """Names of the jobs waiting on a timer (the rest are probing or waiting for predecessors).
+
+        With the live `probe:` tasks this is every copy of every job: exactly one per configured
+        job once a reload settled (tests/test_reload_storm.py counts both)."""
+        return [e.job.name for e in self._entries.values() if e.timer is not None]
+
     async def settle(self, timeout: float) -> bool:
         """Wait up to `timeout` for every retired task to end; True when none is left."""
         tasks = [t for b in self._retiring.values() for t in b]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
         return self.retiring == 0
-
-    async def _await_predecessors(self, job: Job, tasks: set[asyncio.Task[None]], last_start: float | None) -> None:
-        """Before a replacement's first probe: its predecessors ended, and its next run is due."""
-        pending = {t for t in tasks if not t.done()}
-        while pending:
-            _, pending = await asyncio.wait(pending, timeout=job.timeout + RETIRE_GRACE)
-            if pending:
-                log.error("job %s: its previous task ignores cancellation; not starting a second copy",
-                          "/".join(job.key))
-                for t in pending:
-                    t.cancel()
-        if last_start is not None:  # keep the rhythm: due one interval after the last probe
-            await asyncio.sleep(max(0.0, last_start + job.interval * (1 - JITTER) - time.monotonic()))
 
     async def run_now(self, job: Job) -> None:
         await self._run_once(job)
@@ -163,65 +265,42 @@ class Scheduler:
         return max(STARTUP_SPREAD, jobs / STARTUP_RATE)
 
     def caught_up(self) -> bool:
-        """Large configs: every credential job ran once and no first run is late past its timeout.
+        """Large configs: every credential job and some probe ran, and first runs keep their schedule.
 
         With a start-up window longer than STARTUP_SPREAD, waiting for the whole first round
         would make readiness take the window; instead the exporter is ready once it keeps its
-        schedule (checks not yet due are exported as pending). Small configs: False (readiness
-        is then the complete first round, runtime.ready()).
+        schedule (checks not yet due are exported as pending): no first run due by more than its
+        timeout is still waiting for its timer or a slot. True stays true until jobs are added,
+        so readiness does not flap; O(log n) per call (a heap of first-run slots). Small
+        configs: False (readiness is then the complete first round, runtime.ready()).
         """
-        if self.window <= STARTUP_SPREAD or not self._first_due:
+        if self._caught_up:
+            return True
+        if self.window <= STARTUP_SPREAD or self._first_tokens or not self._ran_any:
             return False
-        if self._caught_up_n == len(self._first_due):
-            return True  # stays true until jobs are added
-        now = time.monotonic()
-        for key, due in self._first_due.items():
-            if key in self._tasks and key not in self._first_done and (key[0] in TOKEN_KINDS or due < now):
+        heap = self._first_heap
+        while heap and self._first_due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # started, removed or re-planned
+        if heap:  # the earliest first run that has not started yet (jobs share a timeout in practice)
+            due, key = heap[0]
+            entry = self._entries.get(key)
+            if entry is not None and self._loop.time() - due > entry.job.timeout + 1.0:
                 return False
-        self._caught_up_n = len(self._first_due)
+        self._caught_up = True
         return True
 
-    async def _loop(self, job: Job, predecessors: set[asyncio.Task[None]] | None = None,
-                    last_start: float | None = None) -> None:
-        if predecessors or last_start is not None:
-            await self._await_predecessors(job, predecessors or set(), last_start)
-        start = time.monotonic()
-        origin = start + job.phase * job.interval  # this job's slot on its interval grid
-        if last_start is not None:
-            delay = 0.0  # a replacement: _await_predecessors already waited for its predecessor's rhythm
-            origin = start
-        elif job.key[0] in TOKEN_KINDS:
-            delay = job.phase * min(job.interval, STARTUP_SPREAD)
-        else:
-            self.window = self.startup_window(len(self._tasks))
-            delay = job.phase * min(job.interval, self.window)
-        due = self._first_due[job.key] = start + delay + job.timeout + 1.0
-        slot = start + delay
-        try:
-            await asyncio.sleep(delay)
-            while not self._stopping:
-                await self._run_once(job, slot)
-                self._first_done.add(job.key)
-                # next grid slot at least half an interval away, plus a little jitter
-                now = time.monotonic()
-                k = max(0, math.ceil((now + job.interval / 2 - origin) / job.interval))
-                slot = origin + k * job.interval + random.uniform(-JITTER, JITTER) * job.interval
-                await asyncio.sleep(max(0.05, slot - now))
-        finally:
-            if job.key not in self._tasks and self._first_due.get(job.key) == due:  # removed, not replaced
-                del self._first_due[job.key]
-                self._first_done.discard(job.key)
-
     async def _run_once(self, job: Job, slot: float | None = None) -> None:
-        waited_from = time.monotonic()
+        loop = self._loop
+        waited_from = loop.time()
         self._last_start[job.key] = waited_from
         token_job = job.key[0] in TOKEN_KINDS
         async with self._token_sem if token_job else self._sem:
-            started = time.monotonic()
-            if self._on_wait is not None and not token_job:
-                self._on_wait(started - waited_from)
+            started = loop.time()
+            self._first_due.pop(job.key, None)
             if self._on_start is not None and slot is not None:
                 self._on_start(max(0.0, started - slot))
+            if self._on_wait is not None and not token_job:
+                self._on_wait(started - waited_from)
             try:
                 async with asyncio.timeout(job.timeout + 1.0):  # probes bound themselves; this is a backstop
                     with transcripts(False):  # nobody reads a background probe's transcript
@@ -234,10 +313,17 @@ class Scheduler:
                 log.exception("probe %s crashed", "/".join(job.key))
 
     async def stop(self) -> None:
-        """Cancel every job task and wait (bounded) until they ended."""
+        """Disarm every timer, cancel every job task and wait (bounded) until they ended."""
         self._stopping = True
-        tasks = [t for _, t in self._tasks.values()] + [t for b in self._retiring.values() for t in b]
-        self._tasks.clear()
+        tasks: list[asyncio.Task[None]] = []
+        for entry in self._entries.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            if entry.task is not None:
+                tasks.append(entry.task)
+        tasks += [t for b in self._retiring.values() for t in b]
+        self._entries.clear()
         for t in tasks:
             t.cancel()
         if tasks:

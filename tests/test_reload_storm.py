@@ -52,9 +52,11 @@ def storm_config(env: Env, i: int) -> dict[str, Any]:
     return raw
 
 
-def live_probe_tasks() -> collections.Counter[str]:
-    return collections.Counter(t.get_name() for t in asyncio.all_tasks()
-                               if t.get_name().startswith("probe:") and not t.done())
+def live_probe_tasks(rt: Runtime) -> collections.Counter[str]:
+    """Every live copy of every job: probe tasks the loop knows of (zombies included) + armed timers."""
+    tasks = collections.Counter(t.get_name() for t in asyncio.all_tasks()
+                                if t.get_name().startswith("probe:") and not t.done())
+    return tasks + collections.Counter(rt.scheduler.armed())
 
 
 async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
@@ -80,7 +82,7 @@ async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
         assert len(final.mailboxes) == 2 and "delegate" not in final.credentials  # i = 100: removed
         wanted = {"probe:" + "/".join(j.key) for j in rt.scheduler.jobs}
         deadline = time.monotonic() + 5.0  # cancelled tasks get a moment to end
-        while (tasks := live_probe_tasks()) and (set(tasks) != wanted or any(n > 1 for n in tasks.values())):
+        while (tasks := live_probe_tasks(rt)) and (set(tasks) != wanted or any(n > 1 for n in tasks.values())):
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
@@ -92,7 +94,7 @@ async def test_reload_storm_leaves_exactly_one_task_per_job_and_due_traffic(
         await asyncio.sleep(WINDOW)
         elapsed = time.monotonic() - t0
         counters = dict(env.state.counters)
-        tasks_after = live_probe_tasks()
+        tasks_after = live_probe_tasks(rt)
     finally:
         await rt.stop()
     print(f"\nafter {reloads} reloads: {sum(tasks.values())} tasks for {len(wanted)} jobs, at most "

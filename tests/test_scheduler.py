@@ -99,12 +99,12 @@ async def test_set_jobs_keeps_unchanged_and_stops_removed() -> None:
     s = Scheduler(concurrency=4)
     s.set_jobs([Job(("a",), 0.1, 1, mk("a"), "sig"), Job(("b",), 0.1, 1, mk("b"), "sig")])
     await asyncio.sleep(0.5)
-    task_a = s._tasks[("a",)][1]
+    entry_a = s._entries[("a",)]
     s.set_jobs([Job(("a",), 0.1, 1, mk("a"), "sig"), Job(("c",), 0.1, 1, mk("c"), "sig")])
-    assert s._tasks[("a",)][1] is task_a  # unchanged job kept its loop (no re-phasing)
+    assert s._entries[("a",)] is entry_a  # unchanged job kept its entry (no re-phasing)
     s.set_jobs([Job(("a",), 0.1, 2, mk("a"), "sig"), Job(("c",), 0.1, 1, mk("c"), "sig")])
-    assert s._tasks[("a",)][1] is not task_a  # a new timeout restarts the job with the new backstop
-    assert s._tasks[("a",)][0].timeout == 2
+    assert s._entries[("a",)] is not entry_a  # a new timeout restarts the job with the new backstop
+    assert s._entries[("a",)].job.timeout == 2
     b_before = counts["b"]
     await asyncio.sleep(0.5)
     await s.stop()

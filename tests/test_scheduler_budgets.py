@@ -76,6 +76,49 @@ async def test_first_runs_spread_over_the_window_and_caught_up(monkeypatch: pyte
         await s.stop()
 
 
+async def test_not_caught_up_while_due_first_runs_are_starved_then_latched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start-up backlog: first runs due by more than their timeout that have not got a slot
+    keep readiness off; once the backlog drains it turns on and stays on (no flapping)."""
+    monkeypatch.setattr(sched, "STARTUP_RATE", 100.0)  # 100 jobs -> a 1 s window
+    release = asyncio.Event()
+    ran: list[str] = []
+
+    keys = [("mailbox", f"m{i}", "imap") for i in range(100)]
+    blocker = min(keys, key=lambda k: Job(k, 60, 0.2, release.wait).phase)[1]  # the first to run
+
+    def mk(name: str):  # type: ignore[no-untyped-def]
+        async def run() -> None:
+            ran.append(name)
+            if name == blocker:
+                await release.wait()  # holds the only slot: everyone else queues behind it
+
+        return run
+
+    s = Scheduler(concurrency=1)
+    jobs = [Job(k, 60, 30 if k[1] == blocker else 0.2, mk(k[1])) for k in keys]  # no backstop for the blocker
+    s.set_jobs([*jobs, Job(("credential", "app"), 60, 0.2, mk("token"))])
+    try:
+        for _ in range(40):  # the token job runs on its own budget
+            if "token" in ran:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)  # every first run is due by now, the earliest by more than 0.2 s + 1 s
+        assert sorted(ran) == sorted(["token", blocker])  # the slot is held: a backlog
+        assert not s.caught_up()
+        release.set()
+        for _ in range(60):
+            if len(ran) == 101:
+                break
+            await asyncio.sleep(0.05)
+        assert len(ran) == 101
+        assert s.caught_up()
+        release.clear()  # the blocker holds the slot again on its next run: readiness stays latched
+        assert s.caught_up()
+    finally:
+        release.set()
+        await s.stop()
+
+
 async def test_background_probes_record_no_transcript() -> None:
     seen: list[Transcript] = []
 
