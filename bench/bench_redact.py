@@ -7,6 +7,7 @@ registry's memory (windows indexed). Run: `python bench/bench_redact.py`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -16,7 +17,7 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from exporter.redact import SecretRegistry
+from exporter.redact import ProbeSecrets, SecretRegistry
 
 
 def fake_token() -> str:
@@ -50,7 +51,46 @@ def main() -> None:
             "transcript_20kB_us": round(per_call(reg, transcript), 1),
             "registry_MiB": round(mem / 2**20, 1),
         }
+    out["per_probe"] = per_probe()
     print(json.dumps(out, indent=2))
+
+
+PROBE_LINES = [  # what one IMAP probe scrubs: its commands and the server's replies
+    "* OK The Microsoft Exchange IMAP4 service is ready. [TQBXADIAUABSADAAMQBDAEEAMAAwADIAMAAuAG4AYQBt]",
+    "A1 CAPABILITY", "* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS MOVE ID UNSELECT",
+    "A1 OK CAPABILITY completed.", "A2 AUTHENTICATE XOAUTH2 [SASL response]", "A2 OK AUTHENTICATE completed.",
+    "A3 EXAMINE INBOX", "* 42 EXISTS", "* OK [UIDVALIDITY 14] UIDVALIDITY value",
+    "A3 OK [READ-ONLY] EXAMINE completed.",
+    "A4 LOGOUT", "* BYE Microsoft Exchange Server IMAP4 server signing off.", "A4 OK LOGOUT completed.",
+]
+
+
+def per_probe(seconds: float = 1.0) -> dict[str, float]:
+    """Microseconds per probe to hold its token + SASL response and scrub its 13 lines: a
+    SecretRegistry built per probe (before) vs ProbeSecrets (no index)."""
+    token = fake_token()
+    sasl = base64.b64encode(f"user=m1@contoso.example\x01auth=Bearer {token}\x01\x01".encode()).decode()
+
+    def registry() -> None:
+        reg = SecretRegistry(max_secrets=8)
+        reg.register(token)
+        reg.register(sasl)
+        for ln in PROBE_LINES:
+            reg.scrub(ln)
+
+    def few() -> None:
+        reg = ProbeSecrets((token, sasl))
+        for ln in PROBE_LINES:
+            reg.scrub(ln)
+
+    result = {}
+    for name, fn in (("secret_registry_us", registry), ("probe_secrets_us", few)):
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            fn()
+            n += 1
+        result[name] = round((time.perf_counter() - t0) / n * 1e6, 1)
+    return result
 
 
 if __name__ == "__main__":

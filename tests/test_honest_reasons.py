@@ -12,7 +12,10 @@ over real sockets against the simulator (real MSAL, real TLS).
 from __future__ import annotations
 
 import asyncio
+import base64
+import random
 import socket
+import string
 from typing import Any
 
 import pytest
@@ -20,7 +23,7 @@ import pytest
 from exporter.config import Config
 from exporter.login import run_login
 from exporter.reasons import PLACEHOLDER_TOKENS, Reason, classify_aadsts
-from exporter.redact import SecretRegistry, redact, register_token
+from exporter.redact import ProbeSecrets, SecretRegistry, redact, register_token
 from exporter.runtime import MailTarget
 from exporter.simulator.state import ServerFault, TokenFault
 from tests.simenv import CERT_APP_ID, PUBLIC_APP_ID, Env, env_fixture, runtime_for
@@ -160,6 +163,38 @@ def test_registry_scrubs_fragments_not_shorter_pieces() -> None:
     for s in ("a" * 20 + "1", "b" * 20 + "2", "c" * 20 + "3"):
         bounded.register(s)
     assert len(bounded) == 2 and bounded.scrub("a" * 20 + "1") == "a" * 20 + "1"  # the oldest is forgotten
+
+
+def test_probe_secrets_scrub_exactly_like_the_registry() -> None:
+    """ProbeSecrets (a probe's token + SASL response, no index) must hide exactly what
+    SecretRegistry hides: every echoed run of >= 16 characters, at any offset, whole or cut,
+    repeated, overlapping, next to other text; and never a shorter piece."""
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits + "-_="
+    token = "".join(rng.choice(alphabet) for _ in range(1400))
+    sasl = base64.b64encode(f"user=a@b.example\x01auth=Bearer {token}\x01\x01".encode()).decode()
+    periodic = "abcdefghi" * 4  # a secret that repeats its own pieces: find() must try every occurrence
+    spaced = "correct horse battery staple"  # a secret with spaces: no shortcut on windows with one
+    texts = ["", "+OK", "* OK The Microsoft Exchange IMAP4 service is ready.", "pw hunter22 tiny", periodic[3:25]]
+    texts += ["y" * p + token[200:216] + "z" * q for p in range(10) for q in range(3)]  # every alignment, at the end
+    for _ in range(400):
+        parts = []
+        for _ in range(rng.randint(1, 4)):
+            src = rng.choice([token, sasl, periodic, spaced, "".join(rng.choice(alphabet) for _ in range(60))])
+            a = rng.randrange(len(src))
+            parts.append(src[a:a + rng.choice([8, 15, 16, 17, 40, 300])])
+            parts.append(rng.choice(["", " ", "x", "A1 NO ", token[:15]]))
+        texts.append("".join(parts))
+    for secrets_ in ([token, sasl, periodic, "hunter22", "tiny"], [token, spaced, "hunter22"]):
+        reg = SecretRegistry(fragment=16)
+        for s in secrets_:
+            reg.register(s)
+        few = ProbeSecrets(secrets_, fragment=16)
+        for text in texts:
+            assert few.scrub(text) == reg.scrub(text), (secrets_[1][:10], text)
+    assert few.scrub(f"echo {token[100:116]} end") == "echo [REDACTED] end"
+    assert few.scrub("x" + token[100:116]) == "x[REDACTED]"  # found only by the last window
+    assert few.scrub(f"echo {token[100:115]} end") == f"echo {token[100:115]} end"  # 15: below the threshold
 
 
 def test_registered_token_segments_are_redacted_anywhere() -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..config import Endpoint
 from ..reasons import Reason
-from ..redact import SecretRegistry
+from ..redact import ProbeSecrets
 from . import dns as dnsprobe
 from . import neterrors
 from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
@@ -138,9 +138,7 @@ class MailConnection:
         self.step_timeout = step_timeout
         self.step = "resolve"
         self.healthy = False  # an orderly session exists (greeting seen, no IO failure since)
-        self._secrets = SecretRegistry(max_secrets=8)  # this probe's token and SASL response
-        for s in secrets:
-            self._secrets.register(s)
+        self._secrets = ProbeSecrets(secrets)  # this probe's token and SASL response
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lines: LineReader | None = None
