@@ -83,6 +83,7 @@ def main() -> None:
     p.add_argument("--token-interval", type=float, default=60)
     p.add_argument("--concurrency", type=int, default=64)
     args = p.parse_args()
+    calibration = python_speed()
     load0 = os.getloadavg()
     t_start = time.monotonic()
     sim, _info, exp, port = start_stack(args.mailboxes, args.credentials, "bench-scale-", ["imap", "pop3", "smtp"],
@@ -117,6 +118,7 @@ def main() -> None:
         "mailboxes": args.mailboxes, "checks": 3, "credentials": args.credentials, "interval_s": args.interval,
         "clients": args.clients, "scrape_every_s": args.scrape_every, "window_s": round(w1 - w0, 1),
         "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+        "python_loop_1M_ms": calibration,
         "simulator_start_s": round(sim_ready, 1),
         "ready_after_s": round(ready_s, 1),
         "series": sum(1 for ln in body.splitlines() if ln and not ln.startswith("#")),
@@ -138,6 +140,19 @@ def main() -> None:
         "exporter_cpu_cores_avg": round((c1 - c0) / (w1 - w0), 3),
         "exporter_rss_mib": round(rss, 1),
     }, indent=2))
+
+
+def python_speed() -> float:
+    """Milliseconds for a fixed pure-Python loop (best of 5): how fast this machine runs the
+    exporter's Python right now, so runs can be compared: the same 2-core machine gave 74 ms
+    and, an hour earlier with its host busy, about 310 ms (bench/README.md)."""
+    best = float("inf")
+    for _ in range(5):
+        t0, total = time.perf_counter(), 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return round(best * 1000, 1)
 
 
 if __name__ == "__main__":

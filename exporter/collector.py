@@ -41,7 +41,11 @@ CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact m
 WARM_EVERY = 0.25  # keep_warm: seconds between background refreshes of the exposition
 WARM_SLICE = 32  # changed keys rendered per event-loop slice (~1-3 ms)
 WARM_SLICES = 64  # at most this many slices per WARM_EVERY (bounded; the rest waits for the scrape)
-MIN_RENDER_INTERVAL = 0.5  # scrapes within this of the last render share it even if results changed
+SCRAPE_SLICES = 32  # a scrape renders at most this many slices on the loop first (the rest in its thread)
+MIN_RENDER_INTERVAL = 1.0  # scrapes within this of the last render share it even if results changed
+WARM_VARIANTS = (("openmetrics", True), ("text", True))  # built once before ready: what Prometheus asks for
+PREBUILD_LEAD = 0.4  # keep_warm builds a regular scraper's body this long before its next scrape is due
+PREBUILD_EVERY = (1.0, 300.0)  # request intervals (seconds) taken as a regular scraper's cadence
 GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip deflate chunk at least (adjacent families share one)
 BLOCK_KEYS = 8  # small: a scrape after a few hundred results rejoins few keys (cost ~ changed keys x this)
 
@@ -654,6 +658,11 @@ class MetricsRenderer:
         self._cache: dict[str, _Cached] = {TEXT: _Cached(), OPENMETRICS: _Cached()}
         self._lock = threading.Lock()
         self._render_lock: asyncio.Lock | None = None
+        self._keeping_warm = False  # keep_warm runs (serve): readiness then waits for its first full render
+        # per body variant (format, gzipped): last request (monotonic) and the interval before it
+        self._requests: dict[tuple[str, bool], tuple[float, float | None]] = {}
+        self._prebuilt: dict[tuple[str, bool], float] = {}  # variant -> the predicted request built for
+        self._warmed = False  # latched: the exposition was laid out once
 
     def add_static(self, name: str, doc: str, labels: dict[str, str], value: float = 1.0) -> None:
         self.exposition.add_static(name, doc, labels, value)
@@ -669,21 +678,71 @@ class MetricsRenderer:
         gets it back only every switch interval (5 ms) per blocking call, which stalled it for
         the whole render; a 1-3 ms slice is shorter than one such wait. A slice never waits for
         the lock (a scrape's join or gzip holds it): it tries again next time."""
+        self._keeping_warm = True
         while True:
             await asyncio.sleep(WARM_EVERY)
             if self.exposition._layout != self.store.layout:
                 await asyncio.to_thread(self._refresh)
+                if not self._warmed:  # before ready: the first overdue pass and compression too
+                    for variant in WARM_VARIANTS:
+                        await self._build(*variant)
+                self._warmed = True
                 continue
-            for _ in range(WARM_SLICES):
-                if not (self.store.changed or self.exposition.pending) or not self._lock.acquire(blocking=False):
-                    break
-                try:
-                    done = self.exposition.refresh(limit=WARM_SLICE)
-                finally:
-                    self._lock.release()
-                if done and not self.store.changed:
-                    break
-                await asyncio.sleep(0)
+            await self._slices(WARM_SLICES)
+            await self._prebuild()
+
+    def _note_request(self, variant: tuple[str, bool]) -> None:
+        now = time.monotonic()
+        prev = self._requests.get(variant)
+        every = None if prev is None else now - prev[0]
+        lo, hi = PREBUILD_EVERY
+        self._requests[variant] = (now, every if every is not None and lo <= every <= hi else None)
+
+    async def _prebuild(self) -> None:
+        """Build the body a regular scraper will ask for just before it asks.
+
+        Why: Prometheus scrapes a target at a fixed offset within its interval, so its next
+        request is predictable; building the body PREBUILD_LEAD before it means the scrape is a
+        cache hit (the body is then < MIN_RENDER_INTERVAL old) instead of waiting for the
+        render, gzip and the GIL. The same number of renders as building on demand: one per
+        predicted request, and none for a scraper that stopped (no request for two intervals)."""
+        now = time.monotonic()
+        for variant, (last, every) in list(self._requests.items()):
+            if every is None or now - last > 2 * every:
+                continue
+            due = last + every
+            if due - now > PREBUILD_LEAD or self._prebuilt.get(variant) == due:
+                continue
+            self._prebuilt[variant] = due
+            if self._fresh(*variant) is None:
+                await self._build(*variant)
+
+    @property
+    def warm(self) -> bool:
+        """The exposition was fully rendered once (always True when keep_warm does not run).
+
+        Readiness waits for it: the first full render (every key, seconds at 10,000 mailboxes)
+        runs in a worker thread and slows the event loop while it holds the GIL, so it belongs
+        before the exporter says it is ready, not in its first scrapes. Latched: a reload's
+        re-layout does not flip readiness."""
+        return self._warmed or not self._keeping_warm
+
+    async def _slices(self, most: int, chase: bool = True) -> None:
+        """Render changed keys on the event loop, WARM_SLICE at a time, yielding between slices.
+
+        `chase=False` (a scrape): stop once the keys pending now are rendered; with probes
+        recording all the time there is always a newer change, and a scrape must not wait
+        for them all."""
+        for _ in range(most):
+            if not (self.store.changed or self.exposition.pending) or not self._lock.acquire(blocking=False):
+                break
+            try:
+                done = self.exposition.refresh(limit=WARM_SLICE)
+            finally:
+                self._lock.release()
+            if done and (not chase or not self.store.changed):
+                break
+            await asyncio.sleep(0)
 
     def _refresh(self) -> None:
         with self._lock:
@@ -695,8 +754,9 @@ class MetricsRenderer:
             version = self.store.version
             self.exposition.refresh(time.time())
             for other, oc in self._cache.items():
-                if other != fmt and oc.version != version:  # stale anyway: free its memory
-                    self._cache[other] = _Cached()
+                if other != fmt and oc.version != version:
+                    oc.body = None  # free the other format's plain body (MBs); its gzip body (what
+                    # Prometheus takes, ~1/16 the size) stays servable while recent enough
             self._cache[fmt] = _Cached(True, None, None, version, self.exposition._layout, time.monotonic(),
                                        self.exposition.valid_until)
             return self._finish_locked(fmt, gzipped)
@@ -736,11 +796,16 @@ class MetricsRenderer:
         return c.gz if gzipped else c.body
 
     async def render(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
-        """The body for one scrape. On the event loop only cache checks run: rendering, joining
-        and compressing happen in a worker thread (zlib releases the GIL while it compresses)."""
+        """The body for one scrape: a cached or prebuilt one (see _prebuild) when it is recent
+        enough, else built now: changed keys rendered on the loop in slices, then the join and
+        the compression in a worker thread (zlib releases the GIL while it compresses)."""
+        self._note_request((fmt, gzipped))
         cached = self._fresh(fmt, gzipped)
         if cached is not None:
             return cached
+        return await self._build(fmt, gzipped)
+
+    async def _build(self, fmt: str, gzipped: bool) -> bytes:
         if self._render_lock is None:
             self._render_lock = asyncio.Lock()
         async with self._render_lock:  # concurrent scrapes share one render
@@ -749,4 +814,9 @@ class MetricsRenderer:
                 return cached
             if self._current(fmt) is not None:
                 return await asyncio.to_thread(self._finish, fmt, gzipped)
+            if self.exposition._layout == self.store.layout:
+                # changed keys are Python work: render them here in slices (a worker thread doing it
+                # would hold the GIL against the loop, see keep_warm); the thread then only runs the
+                # overdue pass, the join and zlib (which releases the GIL)
+                await self._slices(SCRAPE_SLICES, chase=False)
             return await asyncio.to_thread(self.render_sync, fmt, gzipped)

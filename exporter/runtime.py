@@ -398,8 +398,9 @@ class Runtime:
             return True, "reloaded"
 
     def ready(self) -> bool:
-        """First probe round complete; large configs: the schedule is kept (Scheduler.caught_up)."""
-        return self.store.first_round_complete() or self.scheduler.caught_up()
+        """First probe round complete (large configs: the schedule is kept, Scheduler.caught_up)
+        and /metrics was rendered in full once (MetricsRenderer.warm)."""
+        return (self.store.first_round_complete() or self.scheduler.caught_up()) and self.renderer.warm
 
     async def stop(self) -> None:
         await self.scheduler.stop()

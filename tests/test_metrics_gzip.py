@@ -12,6 +12,7 @@ import http.server
 import shutil
 import subprocess
 import threading
+import time
 import zlib
 
 import pytest
@@ -121,7 +122,7 @@ def test_keep_warm_renders_before_the_first_scrape(monkeypatch: pytest.MonkeyPat
         try:
             for _ in range(100):  # bounded: 5 s
                 await asyncio.sleep(0.05)
-                if r.exposition.fragment_renders and not r.store.changed:
+                if r.warm and not r.store.changed:
                     break
             renders = r.exposition.fragment_renders
             assert renders >= 300 * 4  # every key rendered, no scrape asked for it
@@ -156,3 +157,91 @@ def test_sliced_refresh_gives_the_same_body() -> None:
     st.prune({k for k in st.keys() if "box3@" not in k[1]})  # a layout change waits for the full refresh
     assert e.refresh(limit=10) is False
     assert e.render() == reference(st) and b"box3@" not in e.render()
+
+
+def test_warm_only_after_the_first_full_render_and_latched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readiness (Runtime.ready) waits for MetricsRenderer.warm while keep_warm runs: the first
+    full render and compression happen before the exporter says it is ready."""
+    monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
+    r = renderer(300)
+    assert r.warm  # no keep_warm (check, tests): nothing to wait for
+
+    async def main() -> None:
+        warm = asyncio.create_task(r.keep_warm())
+        try:
+            await asyncio.sleep(0)
+            assert not r.warm and r.exposition.fragment_renders == 0
+            for _ in range(100):  # bounded: 5 s
+                if r.warm:
+                    break
+                await asyncio.sleep(0.05)
+            assert r.warm and r.exposition.fragment_renders >= 300 * 4
+            assert r._cache[OPENMETRICS].gz is not None and r._cache[TEXT].gz is not None  # built before ready
+            r.store.prune({k for k in r.store.keys() if "box3@" not in k[1]})  # a reload: re-layout
+            await asyncio.sleep(0)
+            assert r.warm  # latched: a reload does not flip readiness
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+
+    asyncio.run(main())
+
+
+def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prometheus scrapes at a fixed cadence: after two scrapes keep_warm builds the third one's
+    body PREBUILD_LEAD before it is due, so that scrape is a cache hit although results changed."""
+    monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
+    r = renderer(300)
+    builds: list[float] = []
+    real = r.render_sync
+
+    def counting(fmt: str = TEXT, gzipped: bool = False) -> bytes:
+        builds.append(time.monotonic())
+        return real(fmt, gzipped)
+
+    monkeypatch.setattr(r, "render_sync", counting)
+
+    async def main() -> None:
+        warm = asyncio.create_task(r.keep_warm())
+        try:
+            for _ in range(100):
+                if r.warm:
+                    break
+                await asyncio.sleep(0.05)
+            every = 1.5
+            for n in range(3):
+                r.store.record(("mailbox", f"box{n + 1}@contoso.example", "imap"), ProbeResult.ok(0.2 + n))
+                if n:
+                    await asyncio.sleep(every)
+                    r.store.record(("mailbox", f"box{n + 1}@contoso.example", "pop3"), ProbeResult.ok(0.4 + n))
+                before = len(builds)
+                asked = time.monotonic()
+                body = await r.render(OPENMETRICS, True)
+                assert f"box{n + 1}@".encode() in gzip.decompress(body)
+            assert len(builds) == before  # the third scrape built nothing ...
+            assert asked - collector.PREBUILD_LEAD - 0.3 <= builds[-1] < asked  # ... it was built just before
+            assert b'mailbox="box3@contoso.example"' in gzip.decompress(body)
+            await asyncio.sleep(2 * every + 0.5)  # the scraper stopped: no more prebuilds
+            quiet = len(builds)
+            await asyncio.sleep(every)
+            assert len(builds) == quiet
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+
+    asyncio.run(main())
+
+
+def test_a_text_scrape_keeps_the_other_formats_gzip_body() -> None:
+    r = renderer(300)
+
+    async def main() -> None:
+        gz = await r.render(OPENMETRICS, True)
+        r.store.record(("mailbox", "box2@contoso.example", "imap"), ProbeResult.ok(0.9))
+        await r.render(TEXT)  # renders the change for the text format
+        assert r._cache[OPENMETRICS].body is None  # its big plain body is freed ...
+        assert await r.render(OPENMETRICS, True) is gz  # ... its gzip body still served (< MIN_RENDER_INTERVAL)
+
+    asyncio.run(main())
