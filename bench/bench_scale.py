@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cpu_seconds, metric_sum, rss_mib, start_stack, stop, wait_ready
+from bench.common import cpu_seconds, metric_sum, ready_reason, rss_mib, start_stack, stop, wait_ready
 
 OM_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 
@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--interval", type=float, default=300)
     p.add_argument("--token-interval", type=float, default=60)
     p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--ready-timeout", type=float, default=600,
+                   help="measure anyway after this long without /-/ready (ready_after_s is then null)")
     args = p.parse_args()
     calibration = python_speed()
     load0 = os.getloadavg()
@@ -91,7 +93,11 @@ def main() -> None:
                                        concurrency=args.concurrency)
     sim_ready = time.monotonic() - t_start
     try:
-        ready_s = wait_ready(port, 600)
+        try:
+            ready_s: float | None = wait_ready(port, args.ready_timeout)
+            not_ready = None
+        except TimeoutError:
+            ready_s, not_ready = None, ready_reason(port)  # overloaded: the figures say by how much
         q: mp.Queue = mp.Queue()
         procs = [mp.Process(target=scraper, args=(port, args.seconds, args.scrape_every, i == 0, q))
                  for i in range(args.clients)]
@@ -120,7 +126,8 @@ def main() -> None:
         "loadavg_before": load0, "loadavg_after": os.getloadavg(),
         "python_loop_1M_ms": calibration,
         "simulator_start_s": round(sim_ready, 1),
-        "ready_after_s": round(ready_s, 1),
+        "ready_after_s": None if ready_s is None else round(ready_s, 1),
+        "not_ready": not_ready,
         "series": sum(1 for ln in body.splitlines() if ln and not ln.startswith("#")),
         "metrics_bytes_plain": len(body.encode()),
         "metrics_bytes_gzip": prom[0]["bytes"] if prom else None,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,16 @@ def get(url: str, timeout: float = 30, context: ssl.SSLContext | None = None) ->
         return r.read()
 
 
+def ready_reason(port: int) -> str:
+    """The body of /-/ready (why the exporter is not ready), for a bench's output."""
+    try:
+        return get(f"http://127.0.0.1:{port}/-/ready", timeout=5).decode().strip()
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode(errors="replace").strip()
+    except OSError as exc:
+        return f"unreachable: {exc}"
+
+
 def wait_ready(port: int, seconds: float) -> float:
     """Seconds until /-/ready answers 200; fails at once (with the log's tail) if the exporter died."""
     t0 = time.monotonic()
@@ -108,7 +119,7 @@ def wait_ready(port: int, seconds: float) -> float:
             return time.monotonic() - t0
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError(f"exporter not ready within {seconds:.0f} s")
+    raise TimeoutError(f"exporter not ready within {seconds:.0f} s: {ready_reason(port)}")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -400,7 +400,19 @@ class Runtime:
     def ready(self) -> bool:
         """First probe round complete (large configs: the schedule is kept, Scheduler.caught_up)
         and /metrics was rendered in full once (MetricsRenderer.warm)."""
-        return (self.store.first_round_complete() or self.scheduler.caught_up()) and self.renderer.warm
+        return self.not_ready() is None
+
+    def not_ready(self) -> str | None:
+        """Why /-/ready answers 503, in words for the operator; None when ready."""
+        if not (self.store.first_round_complete() or self.scheduler.caught_up()):
+            backlog = self.scheduler.first_run_backlog()
+            if backlog > 0:
+                return (f"schedule not kept: first runs are {backlog:.0f} s behind their slots (more checks than "
+                        "this process can probe in time: raise defaults.interval or shard, docs/scaling.md)")
+            return "first probe round still running"
+        if not self.renderer.warm:
+            return "/metrics not rendered yet"
+        return None
 
     async def stop(self) -> None:
         await self.scheduler.stop()

@@ -279,16 +279,25 @@ class Scheduler:
             return True
         if self.window <= STARTUP_SPREAD or self._first_tokens or not self._ran_any:
             return False
+        if self.first_run_backlog() > 0:
+            return False
+        self._caught_up = True
+        return True
+
+    def first_run_backlog(self) -> float:
+        """Seconds the earliest first run still waiting (for its timer or a slot) is past its slot
+        plus its timeout (0: none is); what readiness waits on for large configs. O(log n): a heap
+        of first-run slots (jobs share a timeout in practice, so the earliest slot decides)."""
         heap = self._first_heap
         while heap and self._first_due.get(heap[0][1]) != heap[0][0]:
             heapq.heappop(heap)  # started, removed or re-planned
-        if heap:  # the earliest first run that has not started yet (jobs share a timeout in practice)
-            due, key = heap[0]
-            entry = self._entries.get(key)
-            if entry is not None and self._loop.time() - due > entry.job.timeout + 1.0:
-                return False
-        self._caught_up = True
-        return True
+        if not heap:
+            return 0.0
+        due, key = heap[0]
+        entry = self._entries.get(key)
+        if entry is None:
+            return 0.0
+        return max(0.0, self._loop.time() - due - entry.job.timeout - 1.0)
 
     async def _run_once(self, job: Job, slot: float | None = None) -> None:
         loop = self._loop

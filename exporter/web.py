@@ -188,9 +188,10 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if request.config_dict[RUNTIME].ready():
+    why = request.config_dict[RUNTIME].not_ready()
+    if why is None:
         return web.Response(text="Ready\n")
-    return web.Response(status=503, text="Not ready: first probe round still running\n")
+    return web.Response(status=503, text=f"Not ready: {why}\n")
 
 
 async def reload(request: web.Request) -> web.Response:

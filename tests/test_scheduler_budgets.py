@@ -105,13 +105,14 @@ async def test_not_caught_up_while_due_first_runs_are_starved_then_latched(monke
         await asyncio.sleep(2.0)  # every first run is due by now, the earliest by more than 0.2 s + 1 s
         assert sorted(ran) == sorted(["token", blocker])  # the slot is held: a backlog
         assert not s.caught_up()
+        assert 0.0 < s.first_run_backlog() < 2.0  # what /-/ready reports: seconds behind
         release.set()
         for _ in range(60):
             if len(ran) == 101:
                 break
             await asyncio.sleep(0.05)
         assert len(ran) == 101
-        assert s.caught_up()
+        assert s.caught_up() and s.first_run_backlog() == 0.0
         release.clear()  # the blocker holds the slot again on its next run: readiness stays latched
         assert s.caught_up()
     finally:
