@@ -103,15 +103,7 @@ class SecretRegistry:
             if not hits:
                 continue
             for secret, off in hits:
-                left = 0
-                while i - left > 0 and off - left > 0 and text[i - left - 1] == secret[off - left - 1]:
-                    left += 1
-                right = 0
-                while (i + k + right < len(text) and off + k + right < len(secret)
-                       and text[i + k + right] == secret[off + k + right]):
-                    right += 1
-                if left + k + right >= self.fragment:
-                    found.append((i - left, i + k + right))
+                _extend(text, i, secret, off, k, self.fragment, found)
         return _merge(found)
 
     def scrub(self, text: str) -> str:
@@ -156,15 +148,7 @@ class ProbeSecrets:
             for secret in self._long:
                 off = secret.find(window)
                 while off >= 0:
-                    left = 0
-                    while i - left > 0 and off - left > 0 and text[i - left - 1] == secret[off - left - 1]:
-                        left += 1
-                    right = 0
-                    while (i + k + right < len(text) and off + k + right < len(secret)
-                           and text[i + k + right] == secret[off + k + right]):
-                        right += 1
-                    if left + k + right >= self.fragment:
-                        found.append((i - left, i + k + right))
+                    _extend(text, i, secret, off, k, self.fragment, found)
                     off = secret.find(window, off + 1)
         return _merge(found)
 
@@ -172,6 +156,19 @@ class ProbeSecrets:
         """`text` with each of the probe's secrets and every >= fragment-char piece of one replaced."""
         spans = self._spans(text) if self._long and len(text) >= self.fragment else []
         return _replace(text, spans, self._short)
+
+
+def _extend(text: str, i: int, secret: str, off: int, k: int, fragment: int, found: list[tuple[int, int]]) -> None:
+    """A k-char match of text[i:] and secret[off:], grown both ways; kept when >= fragment chars."""
+    left = 0
+    while i - left > 0 and off - left > 0 and text[i - left - 1] == secret[off - left - 1]:
+        left += 1
+    right = 0
+    end, send = len(text), len(secret)
+    while i + k + right < end and off + k + right < send and text[i + k + right] == secret[off + k + right]:
+        right += 1
+    if left + k + right >= fragment:
+        found.append((i - left, i + k + right))
 
 
 def _merge(found: list[tuple[int, int]]) -> list[tuple[int, int]]:
