@@ -23,6 +23,7 @@ in OpenMetrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,8 @@ from prometheus_client.utils import floatToGoString
 from .buildinfo import build_info
 from .gzmembers import Chunk, chunk, gzip_body
 from .store import Key, KeyState, ResultStore
+
+log = logging.getLogger(__name__)
 
 CACHE_MAX_AGE = 1.0  # process_*/python_gc_* and the scheduler queue-wait fact may be this old
 WARM_EVERY = 0.25  # keep_warm: seconds between background refreshes of the exposition
@@ -681,15 +684,22 @@ class MetricsRenderer:
         self._keeping_warm = True
         while True:
             await asyncio.sleep(WARM_EVERY)
-            if self.exposition._layout != self.store.layout:
-                await asyncio.to_thread(self._refresh)
-                if not self._warmed:  # before ready: the first overdue pass and compression too
-                    for variant in WARM_VARIANTS:
-                        await self._build(*variant)
+            try:
+                await self._warm_once()
+            except Exception:  # a rendering bug must not stop readiness or the background work for good
+                log.exception("keeping /metrics warm failed; scrapes render on demand until it works again")
                 self._warmed = True
-                continue
-            await self._slices(WARM_SLICES)
-            await self._prebuild()
+
+    async def _warm_once(self) -> None:
+        if self.exposition._layout != self.store.layout:
+            await asyncio.to_thread(self._refresh)
+            if not self._warmed:  # before ready: the first overdue pass and compression too
+                for variant in WARM_VARIANTS:
+                    await self._build(*variant)
+            self._warmed = True
+            return
+        await self._slices(WARM_SLICES)
+        await self._prebuild()
 
     def _note_request(self, variant: tuple[str, bool]) -> None:
         now = time.monotonic()

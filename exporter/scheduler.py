@@ -217,7 +217,7 @@ class Scheduler:
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
-        self._first_due.pop(key, None)  # a replacement plans its own first run
+        self._first_started(key)  # a replacement plans its own first run
         self._first_tokens.discard(key)
         task = entry.task
         if task is None:
@@ -284,6 +284,16 @@ class Scheduler:
         self._caught_up = True
         return True
 
+    def _first_started(self, key: Key) -> None:
+        """`key`'s first run got a slot (or the job went): forget its slot; keep the heap bounded."""
+        if self._first_due.pop(key, None) is None:
+            return
+        if not self._first_due:
+            self._first_heap.clear()
+        elif len(self._first_heap) > 2 * len(self._first_due) + 1024:  # mostly stale entries: rebuild
+            self._first_heap = [(due, k) for k, due in self._first_due.items()]
+            heapq.heapify(self._first_heap)
+
     def first_run_backlog(self) -> float:
         """Seconds the earliest first run still waiting (for its timer or a slot) is past its slot
         plus its timeout (0: none is); what readiness waits on for large configs. O(log n): a heap
@@ -306,7 +316,7 @@ class Scheduler:
         token_job = job.key[0] in TOKEN_KINDS
         async with self._token_sem if token_job else self._sem:
             started = loop.time()
-            self._first_due.pop(job.key, None)
+            self._first_started(job.key)
             if self._on_start is not None and slot is not None:
                 self._on_start(max(0.0, started - slot))
             if self._on_wait is not None and not token_job:

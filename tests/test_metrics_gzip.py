@@ -245,3 +245,36 @@ def test_a_text_scrape_keeps_the_other_formats_gzip_body() -> None:
         assert await r.render(OPENMETRICS, True) is gz  # ... its gzip body still served (< MIN_RENDER_INTERVAL)
 
     asyncio.run(main())
+
+
+def test_keep_warm_survives_a_rendering_bug(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A failing render is logged and retried; it neither kills keep_warm nor blocks readiness."""
+    monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
+    r = renderer(50)
+    real = r._refresh
+    failures = [0]
+
+    def broken() -> None:
+        if failures[0] < 2:
+            failures[0] += 1
+            raise RuntimeError("rendering bug")
+        real()
+
+    monkeypatch.setattr(r, "_refresh", broken)
+
+    async def main() -> None:
+        warm = asyncio.create_task(r.keep_warm())
+        try:
+            for _ in range(100):
+                if r.warm and failures[0] == 2 and r.exposition._layout == r.store.layout:
+                    break
+                await asyncio.sleep(0.05)
+            assert failures[0] == 2 and r.warm and not warm.done()
+            assert r.exposition._layout == r.store.layout  # it went on and rendered once the bug was gone
+        finally:
+            warm.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warm
+
+    asyncio.run(main())
+    assert "keeping /metrics warm failed" in caplog.text

@@ -113,6 +113,7 @@ async def test_not_caught_up_while_due_first_runs_are_starved_then_latched(monke
             await asyncio.sleep(0.05)
         assert len(ran) == 101
         assert s.caught_up() and s.first_run_backlog() == 0.0
+        assert not s._first_heap  # every first run started: the start-up bookkeeping is gone
         release.clear()  # the blocker holds the slot again on its next run: readiness stays latched
         assert s.caught_up()
     finally:
