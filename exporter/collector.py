@@ -35,6 +35,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from .buildinfo import build_info
+from .cadence import Cadences
 from .gzmembers import Chunk, chunk, gzip_body
 from .store import Key, KeyState, ResultStore
 
@@ -662,9 +663,7 @@ class MetricsRenderer:
         self._lock = threading.Lock()
         self._render_lock: asyncio.Lock | None = None
         self._keeping_warm = False  # keep_warm runs (serve): readiness then waits for its first full render
-        # per body variant (format, gzipped): last request (monotonic) and the interval before it
-        self._requests: dict[tuple[str, bool], tuple[float, float | None]] = {}
-        self._prebuilt: dict[tuple[str, bool], float] = {}  # variant -> the predicted request built for
+        self._requests: dict[tuple[str, bool], Cadences] = {}  # per body variant (format, gzipped)
         self._warmed = False  # latched: the exposition was laid out once
 
     def add_static(self, name: str, doc: str, labels: dict[str, str], value: float = 1.0) -> None:
@@ -702,11 +701,10 @@ class MetricsRenderer:
         await self._prebuild()
 
     def _note_request(self, variant: tuple[str, bool]) -> None:
-        now = time.monotonic()
-        prev = self._requests.get(variant)
-        every = None if prev is None else now - prev[0]
-        lo, hi = PREBUILD_EVERY
-        self._requests[variant] = (now, every if every is not None and lo <= every <= hi else None)
+        cadences = self._requests.get(variant)
+        if cadences is None:
+            cadences = self._requests[variant] = Cadences(*PREBUILD_EVERY)
+        cadences.note(time.monotonic())
 
     async def _prebuild(self) -> None:
         """Build the body a regular scraper will ask for just before it asks.
@@ -714,18 +712,17 @@ class MetricsRenderer:
         Why: Prometheus scrapes a target at a fixed offset within its interval, so its next
         request is predictable; building the body PREBUILD_LEAD before it means the scrape is a
         cache hit (the body is then < MIN_RENDER_INTERVAL old) instead of waiting for the
-        render, gzip and the GIL. The same number of renders as building on demand: one per
-        predicted request, and none for a scraper that stopped (no request for two intervals)."""
+        render, gzip and the GIL. At most one render per predicted request (fewer when two
+        scrapers' requests are close), none for a scraper that stopped (cadence.py: one stream
+        per scraper, so an HA pair of Prometheus servers is predicted too)."""
         now = time.monotonic()
-        for variant, (last, every) in list(self._requests.items()):
-            if every is None or now - last > 2 * every:
+        for variant, cadences in list(self._requests.items()):
+            due = cadences.take_due(now, PREBUILD_LEAD)
+            if due is None:
                 continue
-            due = last + every
-            if due - now > PREBUILD_LEAD or self._prebuilt.get(variant) == due:
-                continue
-            self._prebuilt[variant] = due
-            if self._fresh(*variant) is None:
-                await self._build(*variant)
+            if self._fresh(*variant) is not None and due - self._cache[variant[0]].at < MIN_RENDER_INTERVAL:
+                continue  # a body built moments ago (another scraper's) will still be served then
+            await self._build(*variant, force=True)
 
     @property
     def warm(self) -> bool:
@@ -815,14 +812,15 @@ class MetricsRenderer:
             return cached
         return await self._build(fmt, gzipped)
 
-    async def _build(self, fmt: str, gzipped: bool) -> bytes:
+    async def _build(self, fmt: str, gzipped: bool, force: bool = False) -> bytes:
+        """A body now; `force` (a prebuild): a new render even if a recent body could be served."""
         if self._render_lock is None:
             self._render_lock = asyncio.Lock()
         async with self._render_lock:  # concurrent scrapes share one render
-            cached = self._fresh(fmt, gzipped)
+            cached = None if force else self._fresh(fmt, gzipped)
             if cached is not None:
                 return cached
-            if self._current(fmt) is not None:
+            if not force and self._current(fmt) is not None:
                 return await asyncio.to_thread(self._finish, fmt, gzipped)
             if self.exposition._layout == self.store.layout:
                 # changed keys are Python work: render them here in slices (a worker thread doing it

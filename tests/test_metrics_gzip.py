@@ -189,8 +189,9 @@ def test_warm_only_after_the_first_full_render_and_latched(monkeypatch: pytest.M
 
 
 def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Prometheus scrapes at a fixed cadence: after two scrapes keep_warm builds the third one's
-    body PREBUILD_LEAD before it is due, so that scrape is a cache hit although results changed."""
+    """Prometheus scrapes at a fixed cadence: after three scrapes (a chain, exporter/cadence.py)
+    keep_warm builds the fourth one's body PREBUILD_LEAD before it is due, so that scrape is a
+    cache hit although results changed."""
     monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
     r = renderer(300)
     builds: list[float] = []
@@ -210,7 +211,7 @@ def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.
                     break
                 await asyncio.sleep(0.05)
             every = 1.5
-            for n in range(3):
+            for n in range(4):
                 r.store.record(("mailbox", f"box{n + 1}@contoso.example", "imap"), ProbeResult.ok(0.2 + n))
                 if n:
                     await asyncio.sleep(every)
@@ -219,9 +220,9 @@ def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.
                 asked = time.monotonic()
                 body = await r.render(OPENMETRICS, True)
                 assert f"box{n + 1}@".encode() in gzip.decompress(body)
-            assert len(builds) == before  # the third scrape built nothing ...
+            assert len(builds) == before  # the fourth scrape built nothing ...
             assert asked - collector.PREBUILD_LEAD - 0.3 <= builds[-1] < asked  # ... it was built just before
-            assert b'mailbox="box3@contoso.example"' in gzip.decompress(body)
+            assert b'mailbox="box4@contoso.example"' in gzip.decompress(body)
             await asyncio.sleep(2 * every + 0.5)  # the scraper stopped: no more prebuilds
             quiet = len(builds)
             await asyncio.sleep(every)
