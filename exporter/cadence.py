@@ -60,8 +60,7 @@ class Cadences:
         (remembered as built), or None."""
         latest: float | None = None
         for due in self.predictions(now):
-            slack = MIN_SLACK
-            if due - now <= lead and all(abs(due - b) > slack for b in self._built):
+            if due - now <= lead and all(abs(due - b) > MIN_SLACK for b in self._built):
                 self._built.append(due)
                 latest = due if latest is None else max(latest, due)
         return latest

@@ -47,7 +47,6 @@ WARM_SLICE = 32  # changed keys rendered per event-loop slice (~1-3 ms)
 WARM_SLICES = 64  # at most this many slices per WARM_EVERY (bounded; the rest waits for the scrape)
 SCRAPE_SLICES = 32  # a scrape renders at most this many slices on the loop first (the rest in its thread)
 MIN_RENDER_INTERVAL = 1.0  # scrapes within this of the last render share it even if results changed
-WARM_VARIANTS = (("openmetrics", True), ("text", True))  # built once before ready: what Prometheus asks for
 PREBUILD_LEAD = 0.4  # keep_warm builds a regular scraper's body this long before its next scrape is due
 PREBUILD_EVERY = (1.0, 300.0)  # request intervals (seconds) taken as a regular scraper's cadence
 GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip deflate chunk at least (adjacent families share one)
@@ -67,6 +66,7 @@ MAIL_CHECKS_WITH_MIRROR_ONLY = frozenset({"token"})  # per-mailbox token mirror:
 
 TEXT = "text"
 OPENMETRICS = "openmetrics"
+WARM_VARIANTS = ((OPENMETRICS, True), (TEXT, True))  # built once before ready: what Prometheus asks for
 
 
 @dataclass(frozen=True)

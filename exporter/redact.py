@@ -123,7 +123,7 @@ class ProbeSecrets:
     Sampling the *text* instead finds the same runs: a common run of >= fragment characters
     contains a KEY-character window of the text that starts at a multiple of STRIDE, and
     `str.find` looks for it in each secret in C. Same output as SecretRegistry.scrub for the
-    same secrets (tests/test_redact.py)."""
+    same secrets (tests/test_honest_reasons.py)."""
 
     __slots__ = ("_long", "_short", "_spaceless", "fragment", "stride")
 

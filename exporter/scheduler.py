@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from .probes.result import transcripts
+from .store import Key
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,6 @@ STOP_TIMEOUT = 10.0  # stop() waits at most this long for cancelled tasks
 LATE_AFTER = 2.0  # a probe starting later than this after its slot counts as a late start
 MIN_GAP = 0.05  # seconds between the end of a probe and the job's next start, at least
 TOKEN_KINDS = frozenset({"credential", "audit"})  # jobs on the token budget
-
-Key = tuple[str, ...]
-
 
 def token_budget(concurrency: int) -> int:
     """Slots for token refreshes and app audits (MSAL runs them in threads; a few suffice)."""
@@ -92,6 +90,11 @@ class _Entry:
         self.slot = 0.0  # when the current/next run is due (loop time)
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Scheduler:
@@ -214,9 +217,7 @@ class Scheduler:
             self._plan_first(entry, self._loop.time(), self._last_start.get(job.key, last_start))
 
     def _retire(self, key: Key, entry: _Entry) -> None:
-        if entry.timer is not None:
-            entry.timer.cancel()
-            entry.timer = None
+        entry.disarm()
         self._first_started(key)  # a replacement plans its own first run
         self._first_tokens.discard(key)
         task = entry.task
@@ -337,9 +338,7 @@ class Scheduler:
         self._stopping = True
         tasks: list[asyncio.Task[None]] = []
         for entry in self._entries.values():
-            if entry.timer is not None:
-                entry.timer.cancel()
-                entry.timer = None
+            entry.disarm()
             if entry.task is not None:
                 tasks.append(entry.task)
         tasks += [t for b in self._retiring.values() for t in b]

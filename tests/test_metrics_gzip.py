@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 import zlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -44,6 +45,18 @@ def bodies(r: MetricsRenderer, fmt: str) -> tuple[bytes, bytes]:
 def m365_only(text: bytes) -> bytes:
     return b"\n".join(ln for ln in text.split(b"\n") if not ln.startswith((b"process_", b"python_", b"# HELP p",
                                                                            b"# TYPE p")))
+
+
+@contextlib.asynccontextmanager
+async def keeping_warm(r: MetricsRenderer) -> AsyncIterator[asyncio.Task[None]]:
+    """r.keep_warm() running in the background for the block, cancelled and awaited after it."""
+    task = asyncio.create_task(r.keep_warm())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def test_gzip_decodes_to_the_text_body_in_both_formats_and_after_changes() -> None:
@@ -118,8 +131,7 @@ def test_keep_warm_renders_before_the_first_scrape(monkeypatch: pytest.MonkeyPat
     r = renderer(300)
 
     async def main() -> None:
-        warm = asyncio.create_task(r.keep_warm())
-        try:
+        async with keeping_warm(r):
             for _ in range(100):  # bounded: 5 s
                 await asyncio.sleep(0.05)
                 if r.warm and not r.store.changed:
@@ -134,10 +146,6 @@ def test_keep_warm_renders_before_the_first_scrape(monkeypatch: pytest.MonkeyPat
                 if r.exposition.fragment_renders > renders:
                     break
             assert r.exposition.fragment_renders == renders + 1  # the change, in the background
-        finally:
-            warm.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm
 
     asyncio.run(main())
 
@@ -167,8 +175,7 @@ def test_warm_only_after_the_first_full_render_and_latched(monkeypatch: pytest.M
     assert r.warm  # no keep_warm (check, tests): nothing to wait for
 
     async def main() -> None:
-        warm = asyncio.create_task(r.keep_warm())
-        try:
+        async with keeping_warm(r):
             await asyncio.sleep(0)
             assert not r.warm and r.exposition.fragment_renders == 0
             for _ in range(100):  # bounded: 5 s
@@ -180,10 +187,6 @@ def test_warm_only_after_the_first_full_render_and_latched(monkeypatch: pytest.M
             r.store.prune({k for k in r.store.keys() if "box3@" not in k[1]})  # a reload: re-layout
             await asyncio.sleep(0)
             assert r.warm  # latched: a reload does not flip readiness
-        finally:
-            warm.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm
 
     asyncio.run(main())
 
@@ -204,8 +207,7 @@ def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.
     monkeypatch.setattr(r, "render_sync", counting)
 
     async def main() -> None:
-        warm = asyncio.create_task(r.keep_warm())
-        try:
+        async with keeping_warm(r):
             for _ in range(100):
                 if r.warm:
                     break
@@ -227,10 +229,6 @@ def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.
             quiet = len(builds)
             await asyncio.sleep(every)
             assert len(builds) == quiet
-        finally:
-            warm.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm
 
     asyncio.run(main())
 
@@ -264,18 +262,13 @@ def test_keep_warm_survives_a_rendering_bug(monkeypatch: pytest.MonkeyPatch, cap
     monkeypatch.setattr(r, "_refresh", broken)
 
     async def main() -> None:
-        warm = asyncio.create_task(r.keep_warm())
-        try:
+        async with keeping_warm(r) as warm:
             for _ in range(100):
                 if r.warm and failures[0] == 2 and r.exposition._layout == r.store.layout:
                     break
                 await asyncio.sleep(0.05)
             assert failures[0] == 2 and r.warm and not warm.done()
             assert r.exposition._layout == r.store.layout  # it went on and rendered once the bug was gone
-        finally:
-            warm.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await warm
 
     asyncio.run(main())
     assert "keeping /metrics warm failed" in caplog.text
