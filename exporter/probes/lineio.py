@@ -5,7 +5,10 @@ its limit (after buffering up to the limit), and happily reads forever from a se
 trickles bytes. A probe talks to servers we do not control (or to TLS-intercepting middleboxes),
 so every read here is bounded three ways:
 
-* time: each read waits at most `read_timeout` seconds (the caller also bounds the whole probe);
+* time: each read waits at most `read_timeout` seconds, or, with `read_timeout=None`, as long as
+  the caller's deadline allows (the mail probes: run_probe bounds the whole session, so a
+  per-read timer of the same length could never fire first and would only cost two timer-heap
+  operations per line);
 * line length: a line longer than `max_line` bytes is a protocol error, and we never buffer more
   than `max_line` + one chunk;
 * total bytes: a probe session reads at most `max_total` bytes, so a server streaming endless
@@ -73,7 +76,7 @@ class LineReader:
         self,
         reader: asyncio.StreamReader,
         *,
-        read_timeout: float,
+        read_timeout: float | None,
         max_line: int = MAX_LINE,
         max_total: int = MAX_TOTAL,
     ) -> None:
@@ -95,9 +98,12 @@ class LineReader:
         if room <= 0:
             raise BudgetExceeded(self.max_total)
         try:
-            async with asyncio.timeout(self.read_timeout):
+            if self.read_timeout is None:  # bounded by the caller's deadline
                 data = await self._reader.read(min(CHUNK, room + 1))
-        except TimeoutError:
+            else:
+                async with asyncio.timeout(self.read_timeout):
+                    data = await self._reader.read(min(CHUNK, room + 1))
+        except TimeoutError:  # only our own timer: a caller's deadline arrives as cancellation
             raise LineTimeout(f"no data from the server within {self.read_timeout:g}s") from None
         except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
             raise ConnectionClosed(f"connection lost while reading ({type(exc).__name__})") from None
