@@ -36,9 +36,10 @@ from ..reasons import Reason
 from ..redact import ProbeSecrets
 from . import dns as dnsprobe
 from . import neterrors
-from .lineio import ConnectionClosed, LineReader, LineTimeout, ProbeFailure, decode_line
+from .lineio import ConnectionClosed, LineReader, ProbeFailure, decode_line
 from .result import ProbeResult, Transcript
 from .tlsctx import client_context, server_hostname
+from .tlsresume import EndpointKey, ResumingContext, offering
 
 __all__ = [
     "MailConnection",
@@ -143,6 +144,7 @@ class MailConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._lines: LineReader | None = None
         self.tls_version: str | None = None
+        self._resume: tuple[ResumingContext, EndpointKey, ssl.SSLObject] | None = None
         # The last line as received, before scrubbing: only for decoding a server's error challenge
         # (describe_challenge keeps a few safe fields), since the scrub may mask base64 that merely
         # coincides with a token's public claims (e.g. the same scope URL). Never shown or logged.
@@ -184,7 +186,8 @@ class MailConnection:
         last: OSError | None = None
         for family, addr in addrs[:MAX_ADDRESSES]:
             try:
-                self._reader, self._writer = await asyncio.open_connection(addr, port, family=family)
+                with offering(self._tls_key()):  # uvloop runs the later handshake in this context
+                    self._reader, self._writer = await asyncio.open_connection(addr, port, family=family)
             except OSError as exc:
                 if neterrors.classify(exc) is Reason.CONNECTION_REFUSED:  # refused or unreachable
                     self.transcript.note(f"connect to {addr} port {port}: {type(exc).__name__}")
@@ -195,9 +198,12 @@ class MailConnection:
             break
         if self._writer is None or self._reader is None:
             raise last if last is not None else ConnectionRefusedError("no address accepted")
-        self._lines = LineReader(self._reader, read_timeout=self.step_timeout)
+        self._lines = LineReader(self._reader, read_timeout=None)  # run_probe's deadline bounds reads
         if tls:
             await self.start_tls()
+
+    def _tls_key(self) -> EndpointKey:
+        return (self.endpoint.host, self.endpoint.port, server_hostname(self.endpoint.tls, self.endpoint.host))
 
     async def start_tls(self) -> None:
         """TLS on the current connection (implicit TLS right after connect, or after STARTTLS)."""
@@ -216,10 +222,21 @@ class MailConnection:
                                f"cannot load TLS settings (ca_file): {type(exc).__name__}") from None
         sni = server_hostname(self.endpoint.tls, self.endpoint.host)
         self.step = "tls handshake"
-        await self._writer.start_tls(ctx, server_hostname=sni, ssl_handshake_timeout=self.step_timeout)
+        key = self._tls_key()
+        try:
+            with offering(key):  # asyncio runs the handshake in the context start_tls is called from
+                await self._writer.start_tls(ctx, server_hostname=sni, ssl_handshake_timeout=self.step_timeout)
+        except Exception:
+            if isinstance(ctx, ResumingContext):
+                ctx.forget(key)
+            raise
         ssl_obj = self._writer.get_extra_info("ssl_object")
         self.tls_version = ssl_obj.version() if ssl_obj is not None else None
-        self.transcript.note(f"TLS established ({self.tls_version or 'unknown version'}, verified as {sni})")
+        resumed = ssl_obj is not None and ssl_obj.session_reused
+        how = "resumed a session verified" if resumed else "verified"
+        self.transcript.note(f"TLS established ({self.tls_version or 'unknown version'}, {how} as {sni})")
+        if ssl_obj is not None and isinstance(ctx, ResumingContext):
+            self._resume = (ctx, key, ssl_obj)
 
     # -- line IO -------------------------------------------------------------------------
     async def send(self, text: str, *, shown: str | None = None) -> None:
@@ -228,11 +245,7 @@ class MailConnection:
         self.transcript.client(self.scrub(text if shown is None else shown))
         try:
             self._writer.write(text.encode("utf-8") + b"\r\n")
-            async with asyncio.timeout(self.step_timeout):
-                await self._writer.drain()
-        except TimeoutError:
-            self.healthy = False
-            raise LineTimeout(f"server did not accept data within {self.step_timeout:g}s") from None
+            await self._writer.drain()  # a server that stops reading: run_probe's deadline ends it
         except (ConnectionError, ssl.SSLError) as exc:
             self.healthy = False
             raise ConnectionClosed(f"connection lost while sending ({type(exc).__name__})") from None
@@ -276,10 +289,15 @@ class MailConnection:
             writer.transport.abort()
 
     async def close(self, deadline: float) -> None:
-        """Close and wait for it, but never past `deadline` nor CLOSE_TIMEOUT; then abort."""
+        """Close and wait for it, but never past `deadline` nor CLOSE_TIMEOUT; then abort.
+        A TLS session that carried an orderly dialogue is kept for the next probe first (by
+        now a TLS 1.3 server's session tickets have arrived)."""
         writer, self._writer = self._writer, None
         if writer is None:
             return
+        if self._resume is not None and self.healthy:
+            ctx, key, ssl_obj = self._resume
+            ctx.remember(key, ssl_obj)
         loop = asyncio.get_running_loop()
         wait = min(CLOSE_TIMEOUT, deadline - loop.time())
         closed = False

@@ -1,0 +1,123 @@
+"""TLS session resumption for the mail login probes: one verified session per endpoint, reused.
+
+Why: a full client handshake parses the server's certificate chain, decodes its public keys and
+verifies the chain (OpenSSL 3's decoders are slow at this). A py-spy profile of a saturated
+exporter put about a quarter of every IMAP probe's CPU there, more than the whole IMAP dialogue.
+Mail clients (Cisco ECE's Java stack, Outlook) resume sessions too, so a resumed probe is still
+what the application sees; and every mailbox of a tenant talks to the same few endpoints
+(outlook.office365.com:993/995, smtp.office365.com:587), so one session serves thousands of
+probes.
+
+What keeps it honest:
+
+* The TLS check (`probes/endpoint.py`) never resumes: certificate expiry, chain and hostname are
+  verified by a full handshake on every interval, whatever the mail probes do.
+* Every kept session descends from a handshake that verified the chain, and it is offered for
+  at most MAX_AGE seconds after that verification (tickets from resumed handshakes inherit its
+  date); then the next probe does a full handshake again. A certificate rotated on the server
+  is seen by the mail probes within MAX_AGE.
+* Any failed handshake forgets the endpoint's session, so once one probe finds a broken
+  certificate every later probe of that endpoint finds it too, instead of some resuming past it.
+* Sessions live on the context that made them (OpenSSL refuses a session from another context),
+  MAX_ENDPOINTS per context, least recently stored dropped first.
+
+How it reaches OpenSSL: asyncio (and uvloop) create the SSLObject inside `start_tls` with
+`context.wrap_bio(...)` and no way to pass a session; `ResumingContext.wrap_bio` adds the
+session of the endpoint named by the `offer` context variable, which `start_tls` copies into
+the callback that calls `wrap_bio`. Without the variable (the TLS check, the token provider's
+HTTPS) nothing is offered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+MAX_AGE = 300.0  # seconds a session is offered after the full handshake that verified its chain
+RENEW_AFTER = 60.0  # a resumed handshake's new ticket replaces the kept one at most this often
+MAX_ENDPOINTS = 64  # sessions kept per context
+
+EndpointKey = tuple[str, int, str]  # host, port, SNI
+
+_offer: contextvars.ContextVar[EndpointKey | None] = contextvars.ContextVar("tls_resume_offer", default=None)
+
+
+@dataclass(slots=True)
+class _Kept:
+    session: ssl.SSLSession
+    verified_at: float  # time.monotonic() of the full handshake this session descends from
+    stored_at: float
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client SSLContext that offers the endpoint's kept session (see the module docstring)."""
+
+    _kept: OrderedDict[EndpointKey, _Kept]
+
+    def _store(self) -> OrderedDict[EndpointKey, _Kept]:
+        # SSLContext is built by __new__ with a protocol argument; keep __init__ untouched
+        try:
+            return self._kept
+        except AttributeError:
+            self._kept = OrderedDict()
+            return self._kept
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        key = _offer.get()
+        if session is None and key is not None and not server_side:
+            session = self.session_for(key)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def session_for(self, key: EndpointKey, now: float | None = None) -> ssl.SSLSession | None:
+        """The session to offer `key`, or None when there is none or it is older than MAX_AGE."""
+        kept = self._store().get(key)
+        if kept is None:
+            return None
+        if (time.monotonic() if now is None else now) - kept.verified_at > MAX_AGE:
+            return None
+        return kept.session
+
+    def remember(self, key: EndpointKey, ssl_object: Any) -> None:
+        """After a dialogue over a handshake that succeeded: keep its session, dated by the full
+        handshake it descends from. A resumed one only renews the kept ticket every RENEW_AFTER
+        seconds: reading `SSLObject.session` copies the session through DER, which re-parses
+        the server's certificate, about a tenth of a probe's CPU if done every time."""
+        store = self._store()
+        now = time.monotonic()
+        if ssl_object.session_reused:
+            kept = store.get(key)
+            if kept is None:  # forgotten meanwhile (a failed handshake): do not resurrect it
+                return
+            if now - kept.stored_at < RENEW_AFTER:
+                return
+            verified_at = kept.verified_at
+        else:
+            verified_at = now
+        session = ssl_object.session
+        if session is None:
+            return
+        store[key] = _Kept(session, verified_at, now)
+        store.move_to_end(key)
+        while len(store) > MAX_ENDPOINTS:
+            store.popitem(last=False)
+
+    def forget(self, key: EndpointKey) -> None:
+        """A handshake with this endpoint failed: the next probes verify from scratch."""
+        self._store().pop(key, None)
+
+
+@contextlib.contextmanager
+def offering(key: EndpointKey) -> Iterator[None]:
+    """Within this block, TLS handshakes started from this task offer `key`'s kept session."""
+    token = _offer.set(key)
+    try:
+        yield
+    finally:
+        _offer.reset(token)
