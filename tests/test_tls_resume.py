@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from exporter.config import Config
+from exporter.config import Config, Endpoint
 from exporter.probes import tlsresume
 from exporter.probes.endpoint import probe_endpoint
 from exporter.probes.imap import probe_imap
@@ -73,23 +73,28 @@ async def app_token(env: Env, cfg: Config) -> str:
         await rt.stop()
 
 
+async def imap_target(env: Env) -> tuple[Endpoint, str, tlsresume.ResumingContext, tlsresume.EndpointKey]:
+    """The IMAP endpoint, an app token, the endpoint's context and its session key."""
+    cfg = env.config(network_checks=False)
+    token = await app_token(env, cfg)
+    ep = cfg.endpoint_for(cfg.mailboxes[0], "imap")
+    ctx = client_context(ep.tls)
+    assert isinstance(ctx, tlsresume.ResumingContext)
+    return ep, token, ctx, (ep.host, ep.port, server_hostname(ep.tls, ep.host))
+
+
 def test_second_probe_resumes_and_a_stale_session_is_not_offered(run: Run) -> None:
     run(second_probe_resumes)
 
 
 async def second_probe_resumes(env: Env) -> None:
-    cfg = env.config(network_checks=False)
-    token = await app_token(env, cfg)
-    ep = cfg.endpoint_for(cfg.mailboxes[0], "imap")
+    ep, token, ctx, key = await imap_target(env)
     first = await probe_imap(ep, USER, token, 5.0)
     second = await probe_imap(ep, USER, token, 5.0)
     assert first.success and second.success, (first.detail, second.detail)
     assert "TLSv1.3, verified as" in handshake_note(first)
     assert "resumed a session verified as" in handshake_note(second)
 
-    ctx = client_context(ep.tls)
-    assert isinstance(ctx, tlsresume.ResumingContext)
-    key = (ep.host, ep.port, server_hostname(ep.tls, ep.host))
     kept = ctx._store()[key]
     verified_at = kept.verified_at
     third = await probe_imap(ep, USER, token, 5.0)
@@ -108,13 +113,9 @@ def test_a_certificate_broken_on_the_server_fails_every_later_probe(run: Run) ->
 
 
 async def broken_certificate(env: Env) -> None:
-    cfg = env.config(network_checks=False)
-    token = await app_token(env, cfg)
-    ep = cfg.endpoint_for(cfg.mailboxes[0], "imap")
+    ep, token, ctx, key = await imap_target(env)
     assert (await probe_imap(ep, USER, token, 5.0)).success
     assert (await probe_imap(ep, USER, token, 5.0)).success
-    ctx = client_context(ep.tls)
-    key = (ep.host, ep.port, server_hostname(ep.tls, ep.host))
     assert ctx.session_for(key) is not None
 
     env.state.server_fault("imap").cert = "expired"  # a new server context: the ticket is unknown
