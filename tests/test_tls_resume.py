@@ -95,17 +95,17 @@ async def second_probe_resumes(env: Env) -> None:
     assert "TLSv1.3, verified as" in handshake_note(first)
     assert "resumed a session verified as" in handshake_note(second)
 
-    kept = ctx._store()[key]
+    kept = ctx._kept[key]
     verified_at = kept.verified_at
     third = await probe_imap(ep, USER, token, 5.0)
     assert "resumed" in handshake_note(third)
-    assert ctx._store()[key].verified_at == verified_at  # a resumed session keeps its verification time
+    assert ctx._kept[key].verified_at == verified_at  # a resumed session keeps its verification time
 
-    ctx._store()[key].verified_at -= tlsresume.MAX_AGE + 1  # as if MAX_AGE had passed
+    ctx._kept[key].verified_at -= tlsresume.MAX_AGE + 1  # as if MAX_AGE had passed
     assert ctx.session_for(key) is None
     fourth = await probe_imap(ep, USER, token, 5.0)
     assert "TLSv1.3, verified as" in handshake_note(fourth)  # full handshake, chain verified again
-    assert ctx._store()[key].verified_at > verified_at
+    assert ctx._kept[key].verified_at > verified_at
 
 
 def test_a_certificate_broken_on_the_server_fails_every_later_probe(run: Run) -> None:

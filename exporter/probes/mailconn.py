@@ -220,22 +220,21 @@ class MailConnection:
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ProbeFailure(Reason.UNKNOWN,
                                f"cannot load TLS settings (ca_file): {type(exc).__name__}") from None
-        sni = server_hostname(self.endpoint.tls, self.endpoint.host)
-        self.step = "tls handshake"
         key = self._tls_key()
+        sni = key[2]
+        self.step = "tls handshake"
         try:
             with offering(key):  # asyncio runs the handshake in the context start_tls is called from
                 await self._writer.start_tls(ctx, server_hostname=sni, ssl_handshake_timeout=self.step_timeout)
         except Exception:
-            if isinstance(ctx, ResumingContext):
-                ctx.forget(key)
+            ctx.forget(key)
             raise
         ssl_obj = self._writer.get_extra_info("ssl_object")
         self.tls_version = ssl_obj.version() if ssl_obj is not None else None
         resumed = ssl_obj is not None and ssl_obj.session_reused
         how = "resumed a session verified" if resumed else "verified"
         self.transcript.note(f"TLS established ({self.tls_version or 'unknown version'}, {how} as {sni})")
-        if ssl_obj is not None and isinstance(ctx, ResumingContext):
+        if ssl_obj is not None:
             self._resume = (ctx, key, ssl_obj)
 
     # -- line IO -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from .tlsresume import ResumingContext
 
 
 @functools.lru_cache(maxsize=64)
-def client_context(tls: TLSSettings, verify: bool = True) -> ssl.SSLContext:
+def client_context(tls: TLSSettings, verify: bool = True) -> ResumingContext:
     """The SSLContext for a target. `verify=False` is for the TLS probe's second, inspect-only
     handshake (to read an untrusted certificate's expiry); it is never used to send credentials.
     What `ssl.create_default_context` builds, as a ResumingContext (probes/tlsresume.py)."""

@@ -40,7 +40,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 MAX_AGE = 300.0  # seconds a session is offered after the full handshake that verified its chain
 RENEW_AFTER = 60.0  # a resumed handshake's new ticket replaces the kept one at most this often
@@ -61,15 +60,9 @@ class _Kept:
 class ResumingContext(ssl.SSLContext):
     """A client SSLContext that offers the endpoint's kept session (see the module docstring)."""
 
-    _kept: OrderedDict[EndpointKey, _Kept]
-
-    def _store(self) -> OrderedDict[EndpointKey, _Kept]:
-        # SSLContext is built by __new__ with a protocol argument; keep __init__ untouched
-        try:
-            return self._kept
-        except AttributeError:
-            self._kept = OrderedDict()
-            return self._kept
+    def __init__(self, protocol: int) -> None:  # SSLContext.__new__ takes the protocol
+        super().__init__()
+        self._kept: OrderedDict[EndpointKey, _Kept] = OrderedDict()
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
                  server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
@@ -80,19 +73,19 @@ class ResumingContext(ssl.SSLContext):
 
     def session_for(self, key: EndpointKey, now: float | None = None) -> ssl.SSLSession | None:
         """The session to offer `key`, or None when there is none or it is older than MAX_AGE."""
-        kept = self._store().get(key)
+        kept = self._kept.get(key)
         if kept is None:
             return None
         if (time.monotonic() if now is None else now) - kept.verified_at > MAX_AGE:
             return None
         return kept.session
 
-    def remember(self, key: EndpointKey, ssl_object: Any) -> None:
+    def remember(self, key: EndpointKey, ssl_object: ssl.SSLObject) -> None:
         """After a dialogue over a handshake that succeeded: keep its session, dated by the full
         handshake it descends from. A resumed one only renews the kept ticket every RENEW_AFTER
         seconds: reading `SSLObject.session` copies the session through DER, which re-parses
         the server's certificate, about a tenth of a probe's CPU if done every time."""
-        store = self._store()
+        store = self._kept
         now = time.monotonic()
         if ssl_object.session_reused:
             kept = store.get(key)
@@ -113,7 +106,7 @@ class ResumingContext(ssl.SSLContext):
 
     def forget(self, key: EndpointKey) -> None:
         """A handshake with this endpoint failed: the next probes verify from scratch."""
-        self._store().pop(key, None)
+        self._kept.pop(key, None)
 
 
 @contextlib.contextmanager
