@@ -2,10 +2,11 @@
 
 The simulator runs in its own process (standard loop); this process runs `probe_imap` under
 uvloop, as the exporter does, --concurrency at a time, and measures its own CPU
-(`time.process_time`). Rounds alternate "off" (the context offers no session and keeps none:
-what a plain SSLContext does) and "on" (probes/tlsresume.py as shipped), so a drift in the
-machine's speed hits both. Prints microseconds per probe per round, the medians, and the share
-of "on" handshakes that were resumed.
+(`time.process_time`). Rounds rotate "off" (the context offers no session and keeps none:
+what a plain SSLContext does), "copy" (resumption with CPython's own session setter, which
+copies the session through DER) and "on" (probes/tlsresume.py as shipped: the kept session
+shared by reference, probes/sslshare.py), so a drift in the machine's speed hits all three.
+Prints microseconds per probe per round, the medians, and the share of handshakes resumed.
 Usage: python bench/bench_tls_resume.py [--probes 1200 --rounds 4 --concurrency 4]
 """
 
@@ -27,8 +28,10 @@ import requests
 
 from bench.common import start_sim, stop
 from exporter.config import Endpoint, TLSSettings
-from exporter.probes import tlsresume
+from exporter.probes import sslshare, tlsresume
 from exporter.probes.imap import probe_imap
+
+MODES = ("off", "copy", "on")
 
 
 def app_token(info: dict[str, Any]) -> str:
@@ -48,15 +51,16 @@ async def run(info: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     ep = Endpoint(host="127.0.0.1", port=info["imap_port"],
                   tls=TLSSettings(ca_file=Path(info["ca_file"]), server_name="localhost"))
     user = info["mailboxes"][0]["address"]
-    shipped = tlsresume.ResumingContext.session_for, tlsresume.ResumingContext.remember
+    shipped = tlsresume.ResumingContext.session_for, tlsresume.ResumingContext.remember, tlsresume.share
     rounds: list[dict[str, Any]] = []
-    for r in range(2 * args.rounds):
-        mode = "off" if r % 2 == 0 else "on"
+    for r in range(3 * args.rounds):
+        mode = MODES[r % 3]
+        tlsresume.ResumingContext.session_for, tlsresume.ResumingContext.remember, tlsresume.share = shipped  # type: ignore[method-assign]
         if mode == "off":
             tlsresume.ResumingContext.session_for = lambda self, key, now=None: None  # type: ignore[method-assign]
             tlsresume.ResumingContext.remember = lambda self, key, ssl_object: None  # type: ignore[method-assign]
-        else:
-            tlsresume.ResumingContext.session_for, tlsresume.ResumingContext.remember = shipped  # type: ignore[method-assign]
+        elif mode == "copy":
+            tlsresume.share = lambda sslobj, context, session: sslshare.Shared.UNAVAILABLE
         resumed = 0
 
         async def one() -> None:
@@ -77,16 +81,15 @@ async def run(info: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         rounds.append({"mode": mode, "probes": n, "us_per_probe": round((time.process_time() - t0) / n * 1e6),
                        "resumed_share": round(resumed / n, 3), "loadavg": os.getloadavg()[0]})
         print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
-    off = statistics.median(x["us_per_probe"] for x in rounds if x["mode"] == "off")
-    on = statistics.median(x["us_per_probe"] for x in rounds if x["mode"] == "on")
-    return {"rounds": rounds, "median_us_per_probe": {"off": off, "on": on},
-            "saved_share": round(1 - on / off, 3)}
+    med = {m: statistics.median(x["us_per_probe"] for x in rounds if x["mode"] == m) for m in MODES}
+    return {"rounds": rounds, "median_us_per_probe": med,
+            "saved_share": {m: round(1 - med[m] / med["off"], 3) for m in MODES if m != "off"}}
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--probes", type=int, default=1200, help="probes per round")
-    p.add_argument("--rounds", type=int, default=4, help="pairs of off/on rounds")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of each mode (off, copy, on)")
     p.add_argument("--concurrency", type=int, default=4)
     args = p.parse_args()
     load0 = os.getloadavg()

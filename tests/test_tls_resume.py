@@ -36,8 +36,12 @@ Run = Callable[[Callable[[Env], Awaitable[None]]], None]
 
 @pytest.fixture(params=LOOPS)
 def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
-    """Runs a test body with a fresh simulator on a new loop of the parametrized kind; the
-    contexts (and the sessions on them) of earlier tests are dropped first."""
+    return make_runner(request.param, tmp_path)
+
+
+def make_runner(loop: str, tmp_path: Path) -> Run:
+    """Runs a test body with a fresh simulator on a new loop of the kind `loop`; the contexts
+    (and the sessions on them) of earlier tests are dropped first."""
     def runner(body: Callable[[Env], Awaitable[None]]) -> None:
         async def main() -> None:
             env = await start_env(tmp_path, delegated_login=False)
@@ -48,7 +52,7 @@ def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
 
         client_context.cache_clear()
         start: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
-        if request.param == "uvloop":
+        if loop == "uvloop":
             import uvloop
             start = uvloop.run
         start(main())

@@ -2,11 +2,13 @@
 
 Why: a full client handshake parses the server's certificate chain, decodes its public keys and
 verifies the chain (OpenSSL 3's decoders are slow at this): about a quarter of a saturated
-exporter's main thread in a py-spy profile. CPython copies a session through DER whenever it is
-set on a connection (which re-parses the leaf certificate), so the net saving is smaller:
-bench/bench_tls_resume.py measures 7 % of the client CPU per IMAP probe against the
-simulator's one-certificate chain; a real chain with intermediates saves more. Mail clients
-resume too (Java's JSSE, which Cisco ECE runs on, resumes by default for the same host and
+exporter's main thread in a py-spy profile. The kept session is set on each new connection by
+reference (probes/sslshare.py), as curl and nginx share theirs; CPython's own setter would copy
+it through DER first, re-parsing the leaf certificate, which ate most of the gain.
+bench/bench_tls_resume.py measures the client CPU per IMAP probe without resumption, with it
+through CPython's copy, and as shipped (bench/README.md).
+
+Mail clients resume too (Java's JSSE, which Cisco ECE runs on, resumes by default for the same host and
 port), so a resumed probe is still what the application does; and every mailbox of a tenant
 talks to the same few endpoints (outlook.office365.com:993/995, smtp.office365.com:587), so one
 session serves thousands of probes.
@@ -23,6 +25,8 @@ What keeps it honest:
   certificate every later probe of that endpoint finds it too, instead of some resuming past it.
 * Sessions live on the context that made them (OpenSSL refuses a session from another context),
   MAX_ENDPOINTS per context, least recently stored dropped first.
+* A session OpenSSL marked not resumable (a connection still on it ended without a TLS
+  shutdown) is forgotten when next offered: a full, verified handshake follows.
 
 How it reaches OpenSSL: asyncio (and uvloop) create the SSLObject inside `start_tls` with
 `context.wrap_bio(...)` and no way to pass a session; `ResumingContext.wrap_bio` adds the
@@ -40,6 +44,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from .sslshare import Shared, share
 
 MAX_AGE = 300.0  # seconds a session is offered after the full handshake that verified its chain
 RENEW_AFTER = 60.0  # a resumed handshake's new ticket replaces the kept one at most this often
@@ -67,9 +73,15 @@ class ResumingContext(ssl.SSLContext):
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
                  server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
         key = _offer.get()
-        if session is None and key is not None and not server_side:
-            session = self.session_for(key)
-        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        kept = self.session_for(key) if session is None and key is not None and not server_side else None
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        if kept is not None and key is not None:
+            shared = share(obj, self, kept)
+            if shared is Shared.NOT_RESUMABLE:  # a connection that used it ended without a TLS shutdown
+                self.forget(key)
+            elif shared is Shared.UNAVAILABLE:
+                obj.session = kept  # CPython's setter: a copy through DER
+        return obj
 
     def session_for(self, key: EndpointKey, now: float | None = None) -> ssl.SSLSession | None:
         """The session to offer `key`, or None when there is none or it is older than MAX_AGE."""
