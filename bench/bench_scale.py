@@ -134,6 +134,10 @@ def main() -> None:
         "scrapes": len(lat_all),
         "metrics_ms_p50": pct(lat_all, 0.5), "metrics_ms_p99": pct(lat_all, 0.99),
         "metrics_ms_p99_prometheus_like": pct([x for r in prom for x in r["lat"]], 0.99),
+        "metrics_ms_p99_plain": pct([x for r in plain for x in r["lat"]], 0.99),
+        # a scraper's first requests come before keep_warm knows its cadence (collector._prebuild)
+        "metrics_ms_first3_max": max((x for r in prom + plain for x in r["lat"][:3]), default=None),
+        "metrics_ms_p99_after_first3": pct([x for r in prom + plain for x in r["lat"][3:]], 0.99),
         "healthy_ms_p50": round(floor, 1), "stall_ms_p999": pct([x - floor for x in ping], 0.999),
         "stall_ms_max": round(max(ping) - floor, 1),
         "overdue_checks_max": max((r["overdue_max"] for r in prom), default=None),
