@@ -41,8 +41,8 @@ import msal
 from .auth.errors import TokenError, from_exception, from_msal_result, from_observed_exception
 from .auth.http import MsalHttpClient
 from .auth.provider import build_msal_app, read_client_material
-from .collector import SECRET_PREFIX
 from .config import Config, Credential
+from .facts import DISPLAY_NAME, KEY_NAME_PREFIX, KEY_TYPE_PREFIX, REDIRECT_MATCH, REDIRECT_URIS, SECRET_PREFIX
 from .probes.result import ProbeResult
 from .reasons import Reason
 from .redact import redact, register_token
@@ -57,13 +57,6 @@ log = logging.getLogger(__name__)
 AUDIT_MIN_INTERVAL = 3600.0
 GRAPH_READ_ROLE = "Application.Read.All"
 SELECT = "appId,displayName,passwordCredentials,keyCredentials,web,publicClient,spa"
-
-# facts of an ("audit", credential, "graph") result besides SECRET_PREFIX + keyId
-F_REDIRECT_MATCH = "redirect_uri_match"  # 1/0, only when app_external_url is configured
-F_REDIRECT_URIS = "redirect_uris"  # the web redirect URIs found (comma separated), for `check`
-F_DISPLAY_NAME = "display_name"
-KEY_NAME_PREFIX = "key_name:"  # "key_name:<keyId>" -> displayName / hint
-KEY_TYPE_PREFIX = "key_type:"  # "key_type:<keyId>" -> secret | certificate
 
 # What `check` says about an audit failure: Graph-specific words for reasons whose catalogue text
 # is about token acquisition for mail.
@@ -120,7 +113,7 @@ def application_facts(cred: Credential, data: dict[str, Any]) -> dict[str, float
     """Facts from Graph's application entity: one expiry per password and key credential."""
     facts: dict[str, float | str] = {}
     if isinstance(data.get("displayName"), str):
-        facts[F_DISPLAY_NAME] = data["displayName"]
+        facts[DISPLAY_NAME] = data["displayName"]
     for field, kind in (("passwordCredentials", "secret"), ("keyCredentials", "certificate")):
         items = data.get(field)
         for item in items if isinstance(items, list) else []:
@@ -138,8 +131,8 @@ def application_facts(cred: Credential, data: dict[str, Any]) -> dict[str, float
     if cred.app_external_url:
         web = data.get("web") if isinstance(data.get("web"), dict) else {}
         uris = [u for u in (web or {}).get("redirectUris") or [] if isinstance(u, str)]
-        facts[F_REDIRECT_MATCH] = 1.0 if redirect_matches(cred.app_external_url, uris) else 0.0
-        facts[F_REDIRECT_URIS] = ", ".join(uris)[:500]
+        facts[REDIRECT_MATCH] = 1.0 if redirect_matches(cred.app_external_url, uris) else 0.0
+        facts[REDIRECT_URIS] = ", ".join(uris)[:500]
     return facts
 
 
@@ -211,7 +204,7 @@ class GraphAuditor:
             err = from_observed_exception(exc, self.http)
             return self._failed(err.reason, err.detail, t0)
         facts = application_facts(self.cred, data)
-        self.last_good = {k: v for k, v in facts.items() if k.startswith(SECRET_PREFIX) or k == F_REDIRECT_MATCH}
+        self.last_good = {k: v for k, v in facts.items() if k.startswith(SECRET_PREFIX) or k == REDIRECT_MATCH}
         return ProbeResult.ok(time.monotonic() - t0, **facts)
 
     def _failed(self, reason: Reason, detail: str, t0: float) -> ProbeResult:

@@ -29,9 +29,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from . import __version__
-from .collector import F_EXPIRY, SECRET_PREFIX
+from .facts import MESSAGES, OLDEST_MESSAGE, SECRET_PREFIX, TOKEN_EXPIRY
 from .fixes import fix_for_credential, fix_for_key, fix_for_mail
-from .probes.oldest import OLDEST_FACT
 from .probes.result import ProbeResult
 from .reasons import Category, Reason
 
@@ -127,10 +126,10 @@ def build(rt: Runtime, now: float | None = None) -> Board:
             if res is None:
                 board.pending += 1
                 continue
-            if isinstance(res.facts.get("messages"), int | float):
-                messages = float(res.facts["messages"])
-            if isinstance(res.facts.get(OLDEST_FACT), int | float):
-                oldest = float(res.facts[OLDEST_FACT])
+            if isinstance(res.facts.get(MESSAGES), int | float):
+                messages = float(res.facts[MESSAGES])
+            if isinstance(res.facts.get(OLDEST_MESSAGE), int | float):
+                oldest = float(res.facts[OLDEST_MESSAGE])
             if res.success or res.reason is None:
                 continue
             board.failing += 1
@@ -161,8 +160,8 @@ def build(rt: Runtime, now: float | None = None) -> Board:
         st = snap.get(("credential", name))
         status = "pending" if st is None or st.last is None else "ok" if st.last.success else "fail"
         expiries: list[tuple[str, float]] = []
-        if st is not None and st.last is not None and isinstance(st.last.facts.get(F_EXPIRY), int | float):
-            expiries.append(("access token", float(st.last.facts[F_EXPIRY])))
+        if st is not None and st.last is not None and isinstance(st.last.facts.get(TOKEN_EXPIRY), int | float):
+            expiries.append(("access token", float(st.last.facts[TOKEN_EXPIRY])))
         for key, ast in sorted(snap.items()):
             if key[0] == "audit" and key[1] == name and ast.last is not None:
                 for fact, value in sorted(ast.last.facts.items()):

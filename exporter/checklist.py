@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .audit import (
-    AUDIT_ADVICE,
-    F_DISPLAY_NAME,
-    F_REDIRECT_MATCH,
-    F_REDIRECT_URIS,
+from .audit import AUDIT_ADVICE, audit_hook
+from .certexpiry import read_certificate_expiry
+from .config import Config, Endpoint, Mailbox
+from .facts import (
+    DISPLAY_NAME,
     KEY_NAME_PREFIX,
     KEY_TYPE_PREFIX,
-    audit_hook,
+    MESSAGES,
+    REDIRECT_MATCH,
+    REDIRECT_URIS,
+    SECRET_PREFIX,
+    TOKEN_EXPIRY,
 )
-from .certexpiry import read_certificate_expiry
-from .collector import F_EXPIRY, SECRET_PREFIX
-from .config import Config, Endpoint, Mailbox
 from .fixes import login_endpoint
 from .probes.result import ProbeResult
 from .reasons import Reason
@@ -241,8 +242,8 @@ def token_line(rt: Runtime, name: str, res: ProbeResult) -> CheckLine:
             parts.append(("scopes " if cred.flow == "delegated" else "roles ") + perms)
         elif not tok.claims:
             parts.append("opaque token (identity and permissions not readable)")
-    if isinstance(facts.get(F_EXPIRY), int | float):
-        parts.append("expires " + _when(float(facts[F_EXPIRY])))
+    if isinstance(facts.get(TOKEN_EXPIRY), int | float):
+        parts.append("expires " + _when(float(facts[TOKEN_EXPIRY])))
     return CheckLine("token", name, True, None, "; ".join(parts), res.duration, facts, **where)
 
 
@@ -255,7 +256,7 @@ def mail_line(m: Mailbox, check: str, res: ProbeResult, ep: Endpoint | None = No
     if check == "smtp":
         detail = "EHLO, STARTTLS, AUTH XOAUTH2 accepted (no mail sent)"
     else:
-        n = res.facts.get("messages")
+        n = res.facts.get(MESSAGES)
         what = "AUTHENTICATE XOAUTH2 + EXAMINE INBOX" if check == "imap" else "AUTH XOAUTH2 + STAT"
         count = int(float(n)) if isinstance(n, int | float) else None
         detail = what + (f": {count} message{'' if count == 1 else 's'}" if count is not None else " ok")
@@ -267,7 +268,7 @@ def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
     f = res.facts
     secrets = {k[len(SECRET_PREFIX):]: float(v) for k, v in f.items()
                if k.startswith(SECRET_PREFIX) and isinstance(v, int | float)}
-    public = {k: v for k, v in f.items() if k.startswith((SECRET_PREFIX, F_REDIRECT_MATCH, F_DISPLAY_NAME))}
+    public = {k: v for k, v in f.items() if k.startswith((SECRET_PREFIX, REDIRECT_MATCH, DISPLAY_NAME))}
     target = f"{name} (Graph)"
     if not res.success:
         summary, fix = AUDIT_ADVICE.get(res.reason or Reason.UNKNOWN, (None, None))
@@ -277,8 +278,8 @@ def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
         return [CheckLine("audit", target, False, res.reason, detail, res.duration, public, summary_text=summary,
                           fix_text=fix, credential=name)]
     parts = []
-    if isinstance(f.get(F_DISPLAY_NAME), str):
-        parts.append(f"app '{f[F_DISPLAY_NAME]}'")
+    if isinstance(f.get(DISPLAY_NAME), str):
+        parts.append(f"app '{f[DISPLAY_NAME]}'")
     now = time.time()
     for key_id, expiry in sorted(secrets.items(), key=lambda kv: kv[1]):
         kind = f.get(KEY_TYPE_PREFIX + key_id, "credential")
@@ -296,13 +297,13 @@ def audit_lines(rt: Runtime, name: str, res: ProbeResult) -> list[CheckLine]:
         warn = expiry_warning(valid[0], now) if valid else ""
         lines.append(CheckLine("audit", target, True, None, "; ".join(parts), res.duration, public, warning=warn,
                                credential=name))
-    if cred.app_external_url and F_REDIRECT_MATCH in f:
-        ok = f[F_REDIRECT_MATCH] == 1.0
-        found = str(f.get(F_REDIRECT_URIS) or "none")
+    if cred.app_external_url and REDIRECT_MATCH in f:
+        ok = f[REDIRECT_MATCH] == 1.0
+        found = str(f.get(REDIRECT_URIS) or "none")
         detail = (f"{cred.app_external_url} is a redirect URI" if ok
                   else f"{cred.app_external_url} is not among the web redirect URIs ({found})")
         lines.append(CheckLine(
-            "audit", f"{name} (redirect URI)", ok, None, detail, 0.0, {F_REDIRECT_MATCH: f[F_REDIRECT_MATCH]},
+            "audit", f"{name} (redirect URI)", ok, None, detail, 0.0, {REDIRECT_MATCH: f[REDIRECT_MATCH]},
             credential=name,
             summary_text=None if ok else REDIRECT_SUMMARY,
             fix_text=None if ok else (f"Add {cred.app_external_url} (the consuming application's OAuth callback "

@@ -36,6 +36,17 @@ from prometheus_client.utils import floatToGoString
 
 from .buildinfo import build_info
 from .cadence import Cadences
+from .facts import (
+    IDENTITY_MATCH,
+    MESSAGES,
+    OLDEST_MESSAGE,
+    REDIRECT_MATCH,
+    SCOPE_PREFIX,
+    SECRET_PREFIX,
+    TOKEN_EXPIRY,
+    TOKEN_REFRESHED,
+    TOKEN_REQUESTS,
+)
 from .gzmembers import Chunk, chunk, gzip_body
 from .store import Key, KeyState, ResultStore
 
@@ -52,16 +63,8 @@ PREBUILD_EVERY = (1.0, 300.0)  # request intervals (seconds) taken as a regular 
 GZ_MIN_MEMBER = 256 * 1024  # raw bytes per gzip deflate chunk at least (adjacent families share one)
 BLOCK_KEYS = 8  # small: a scrape after a few hundred results rejoins few keys (cost ~ changed keys x this)
 
-# facts recorded by the token probe on ("credential", name) results
-F_EXPIRY = "token_expiry"
-F_REFRESHED = "token_last_refresh"
-F_IDENTITY = "identity_match"
-F_REQUESTS = "token_requests"
-SCOPE_PREFIX = "scope:"  # "scope:IMAP.AccessAsApp" -> 1 missing / 0 present
-SECRET_PREFIX = "secret_expiry:"  # "secret_expiry:<key_id>" -> unix time
 # facts recorded by the IMAP/POP3 probes, exported per mailbox (most recent of the two)
-MAILBOX_FACTS = {"messages": "m365_mailbox_messages", "oldest_message_timestamp":
-                 "m365_mailbox_oldest_message_timestamp_seconds"}
+MAILBOX_FACTS = {MESSAGES: "m365_mailbox_messages", OLDEST_MESSAGE: "m365_mailbox_oldest_message_timestamp_seconds"}
 MAIL_CHECKS_WITH_MIRROR_ONLY = frozenset({"token"})  # per-mailbox token mirror: success + failure_info only
 
 TEXT = "text"
@@ -261,9 +264,9 @@ def render_key(key: Key, st: KeyState) -> Lines:
         out.add("m365_token_refresh_duration_seconds", lb, res.duration)
         if not res.success and res.reason is not None:
             out.add("m365_token_refresh_failure_info", {**lb, "reason": res.reason.value}, 1.0)
-        for fact, fam in ((F_EXPIRY, "m365_token_expiry_timestamp_seconds"),
-                          (F_REFRESHED, "m365_token_last_refresh_timestamp_seconds"),
-                          (F_IDENTITY, "m365_token_identity_match"), (F_REQUESTS, "m365_token_requests")):
+        for fact, fam in ((TOKEN_EXPIRY, "m365_token_expiry_timestamp_seconds"),
+                          (TOKEN_REFRESHED, "m365_token_last_refresh_timestamp_seconds"),
+                          (IDENTITY_MATCH, "m365_token_identity_match"), (TOKEN_REQUESTS, "m365_token_requests")):
             if _num(f.get(fact)):
                 out.add(fam, lb, float(f[fact]))
         for fact, value in f.items():
@@ -296,8 +299,8 @@ def render_key(key: Key, st: KeyState) -> Lines:
             out.add("m365_app_audit_success", lb, 1.0 if res.success else 0.0)
             if not res.success and res.reason is not None:
                 out.add("m365_app_audit_failure_info", {**lb, "reason": res.reason.value}, 1.0)
-            if _num(res.facts.get("redirect_uri_match")):
-                out.add("m365_app_redirect_uri_match", lb, float(res.facts["redirect_uri_match"]))
+            if _num(res.facts.get(REDIRECT_MATCH)):
+                out.add("m365_app_redirect_uri_match", lb, float(res.facts[REDIRECT_MATCH]))
     return out.lines
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .collector import SCOPE_PREFIX
+from .facts import SCOPE_PREFIX
 from .probes.result import ProbeResult
 from .reasons import Category, Reason
 

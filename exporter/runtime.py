@@ -18,18 +18,9 @@ from urllib.parse import urlsplit
 
 from .auth.errors import TokenError
 from .auth.provider import TokenProvider, required_permissions
-from .collector import (
-    F_EXPIRY,
-    F_IDENTITY,
-    F_REFRESHED,
-    F_REQUESTS,
-    SCOPE_PREFIX,
-    SECRET_PREFIX,
-    CredentialInfo,
-    MailboxInfo,
-    MetricsRenderer,
-)
+from .collector import CredentialInfo, MailboxInfo, MetricsRenderer
 from .config import Config, ConfigError, Endpoint, Mailbox, TLSSettings, load_config
+from .facts import IDENTITY_MATCH, SCOPE_PREFIX, SECRET_PREFIX, TOKEN_EXPIRY, TOKEN_REFRESHED, TOKEN_REQUESTS
 from .fixes import fix_for_key
 from .probes.result import ProbeResult
 from .reasons import Reason
@@ -236,18 +227,18 @@ class Runtime:
                 Reason.TIMEOUT, "no answer from the identity platform within the timeout")
             current = provider.current
             if current is not None:
-                facts[F_EXPIRY] = current.expires_at
+                facts[TOKEN_EXPIRY] = current.expires_at
             if provider.last_refresh_at:
-                facts[F_REFRESHED] = provider.last_refresh_at
-            facts[F_REQUESTS] = provider.token_requests
+                facts[TOKEN_REFRESHED] = provider.last_refresh_at
+            facts[TOKEN_REQUESTS] = provider.token_requests
             result = ProbeResult.fail(err.reason, time.monotonic() - t0, err.detail, **facts)
             self._record_token(name, result, set())
             return result
         duration = time.monotonic() - t0
-        facts[F_EXPIRY] = tok.expires_at
-        facts[F_REQUESTS] = provider.token_requests
+        facts[TOKEN_EXPIRY] = tok.expires_at
+        facts[TOKEN_REQUESTS] = provider.token_requests
         if provider.last_refresh_at:
-            facts[F_REFRESHED] = provider.last_refresh_at
+            facts[TOKEN_REFRESHED] = provider.last_refresh_at
         needed = required_permissions(cred, provider.checks)
         missing = set(tok.missing(needed))
         for perm in sorted(needed):
@@ -260,7 +251,7 @@ class Runtime:
         else:
             match = str(tok.claims.get("appid", cred.client_id)).lower() == cred.client_id.lower()
         if match is not None:
-            facts[F_IDENTITY] = 1.0 if match else 0.0
+            facts[IDENTITY_MATCH] = 1.0 if match else 0.0
         if match is False:
             who = tok.identity or str(tok.claims.get("appid", "?"))
             result = ProbeResult.fail(Reason.WRONG_IDENTITY, duration,

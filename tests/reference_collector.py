@@ -17,16 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter.buildinfo import build_info
-from exporter.collector import (
-    F_EXPIRY,
-    F_IDENTITY,
-    F_REFRESHED,
-    F_REQUESTS,
-    SCOPE_PREFIX,
-    SECRET_PREFIX,
-    CredentialInfo,
-    MailboxInfo,
-)
+from exporter.collector import CredentialInfo, MailboxInfo
+from exporter.facts import IDENTITY_MATCH, SCOPE_PREFIX, SECRET_PREFIX, TOKEN_EXPIRY, TOKEN_REFRESHED, TOKEN_REQUESTS
 from exporter.store import KeyState, ResultStore
 
 
@@ -136,11 +128,11 @@ class ReferenceCollector(Collector):
                 tok_dur.add_metric([name], res.duration)
                 if not res.success and res.reason is not None:
                     tok_fail_info.add_metric([name, res.reason.value], 1.0)
-                for fact, fam in ((F_EXPIRY, tok_exp), (F_REFRESHED, tok_last), (F_IDENTITY, tok_id)):
+                for fact, fam in ((TOKEN_EXPIRY, tok_exp), (TOKEN_REFRESHED, tok_last), (IDENTITY_MATCH, tok_id)):
                     if isinstance(facts.get(fact), int | float):
                         fam.add_metric([name], float(facts[fact]))
-                if isinstance(facts.get(F_REQUESTS), int | float):
-                    tok_req.add_metric([name], float(facts[F_REQUESTS]))
+                if isinstance(facts.get(TOKEN_REQUESTS), int | float):
+                    tok_req.add_metric([name], float(facts[TOKEN_REQUESTS]))
                 for fact, value in facts.items():
                     if fact.startswith(SCOPE_PREFIX) and isinstance(value, int | float):
                         tok_scope.add_metric([name, fact[len(SCOPE_PREFIX):]], float(value))

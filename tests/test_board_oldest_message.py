@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from exporter.facts import OLDEST_MESSAGE
 from exporter.probes import oldest
-from exporter.probes.oldest import OLDEST_FACT, parse_date_header, parse_internaldate
+from exporter.probes.oldest import parse_date_header, parse_internaldate
 from exporter.simulator.pop3 import commit_deletions, message_command
 from exporter.simulator.state import SimMailbox
 from tests.simenv import env_fixture, runtime_for
@@ -76,7 +77,7 @@ async def test_imap_fetch_without_internaldate(pki: Any) -> None:  # noqa: F811
                           b'* 1 FETCH (INTERNALDATE "someday")\r\nF1 OK FETCH completed.\r\n', *IMAP_LOGOUT])
     result, _ = await run_imap(pki, script)
     check(result, None)
-    assert OLDEST_FACT not in result.facts
+    assert OLDEST_MESSAGE not in result.facts
     assert "no INTERNALDATE" in result.transcript.render()
 
 
@@ -143,7 +144,7 @@ async def test_probes_report_the_seeded_oldest_message_and_change_nothing(env: A
         for check_name in ("imap", "pop3"):
             result = await rt.probe_now(sales, check_name)
             assert result.success, result.detail
-            assert abs(float(result.facts[OLDEST_FACT]) - expected) < 5, check_name
+            assert abs(float(result.facts[OLDEST_MESSAGE]) - expected) < 5, check_name
         body = (await rt.renderer.render()).decode()
     finally:
         await rt.stop()

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..config import Endpoint
+from ..facts import MESSAGES
 from ..reasons import Reason
 from .mailconn import MailConnection, ProbeFailure, classify_reply, rule, run_probe
 from .oldest import best_effort, parse_internaldate
@@ -173,10 +174,10 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
     for line in reply.untagged:
         m = _EXISTS.match(line)
         if m:
-            facts["messages"] = float(m.group(1))
-    if "messages" not in facts:
+            facts[MESSAGES] = float(m.group(1))
+    if MESSAGES not in facts:
         conn.transcript.note("EXAMINE completed without an EXISTS count")
-    if facts.get("messages", 0) > 0:
+    if facts.get(MESSAGES, 0) > 0:
         facts.update(await best_effort(conn, "FETCH 1 (INTERNALDATE)", lambda: _oldest_internaldate(conn)))
     return facts
 

@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 
+from ..facts import OLDEST_MESSAGE
 from .lineio import ProbeFailure
 from .mailconn import MailConnection
 
-# ProbeResult fact (float unix time); the collector exports it as
+# The result's fact is facts.OLDEST_MESSAGE (float unix time); the collector exports it as
 # m365_mailbox_oldest_message_timestamp_seconds{mailbox}.
-OLDEST_FACT = "oldest_message_timestamp"
 OLDEST_TIMEOUT = 3.0  # seconds the extra step may take, at most
 
 _MONTHS = {m: i for i, m in enumerate(
@@ -110,4 +110,4 @@ async def best_effort(conn: MailConnection, what: str,
     if when is None:
         return {}
     conn.transcript.note(f"oldest message arrived {datetime.fromtimestamp(when, UTC):%Y-%m-%d %H:%M:%S} UTC")
-    return {OLDEST_FACT: when}
+    return {OLDEST_MESSAGE: when}

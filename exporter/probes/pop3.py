@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from ..config import Endpoint
+from ..facts import MESSAGES
 from ..reasons import Reason
 from .mailconn import MailConnection, ProbeFailure, classify_reply, rule, run_probe
 from .oldest import best_effort, parse_date_header, unfold
@@ -138,8 +139,8 @@ async def _session(conn: MailConnection, user: str, token: str) -> dict[str, flo
     m = _STAT.match(line)
     if m is None:
         raise _failure(conn, line)
-    facts: dict[str, float | str] = {"messages": float(m.group(1))}
-    if facts["messages"] > 0:
+    facts: dict[str, float | str] = {MESSAGES: float(m.group(1))}
+    if facts[MESSAGES] > 0:
         facts.update(await best_effort(conn, "TOP 1 0", lambda: _oldest_date(conn)))
     return facts
 
