@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.utils import floatToGoString
 
+from .bodyparts import BodyParts, as_bytes
 from .buildinfo import build_info
 from .cadence import Cadences
 from .facts import (
@@ -68,6 +69,7 @@ MAILBOX_FACTS = {MESSAGES: "m365_mailbox_messages", OLDEST_MESSAGE: "m365_mailbo
 MAIL_CHECKS_WITH_MIRROR_ONLY = frozenset({"token"})  # per-mailbox token mirror: success + failure_info only
 
 TEXT = "text"
+Body = bytes | BodyParts  # gzip bodies are bytes; uncompressed ones stay in parts (bodyparts.py)
 OPENMETRICS = "openmetrics"
 WARM_VARIANTS = ((OPENMETRICS, True), (TEXT, True))  # built once before ready: what Prometheus asks for
 
@@ -591,12 +593,16 @@ class M365Exposition:
 
     def body(self, fmt: str = TEXT, extra: bytes = b"") -> bytes:
         """The exposition as of the last refresh(), then `extra` (one join of the cached parts)."""
+        return b"".join(self.parts(fmt, extra))
+
+    def parts(self, fmt: str = TEXT, extra: bytes = b"") -> list[bytes]:
+        """What body() joins: references to the cached parts (bodyparts.py), in order."""
         out: list[bytes] = []
         for i in range(len(FAMILIES)):
-            out += self._family(fmt, i)
+            out += filter(None, self._family(fmt, i))  # empty blocks of sparse families: most of them
         out.append(self._tail(fmt))  # static families follow m365_exporter_build_info, the last one
         out.append(extra)
-        return b"".join(out)
+        return out
 
     def gzip_chunks(self, fmt: str = TEXT) -> list[Chunk]:
         """The exposition as of the last refresh() as deflate chunks (gzmembers.py), each a run of
@@ -635,10 +641,11 @@ class M365Exposition:
 
 @dataclass
 class _Cached:
-    """One format's body at one store version: the pieces, joined and gzipped on demand."""
+    """One format's body at one store version: its parts (never joined, bodyparts.py) and its
+    gzip body, each made on demand."""
 
     refreshed: bool = False  # the exposition was refreshed for this version
-    body: bytes | None = None
+    text: BodyParts | None = None
     gz: bytes | None = None
     version: int = -1
     layout: int = -1
@@ -759,24 +766,29 @@ class MetricsRenderer:
             self.exposition.refresh(time.time())
 
     def render_sync(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
-        """Render now (changed keys only), then join or gzip; runs in a worker thread."""
+        """Render now (changed keys only), then join or gzip (tests, `check`)."""
+        return as_bytes(self._render_now(fmt, gzipped))
+
+    def _render_now(self, fmt: str, gzipped: bool) -> Body:
+        """Render now (changed keys only), then take the parts or gzip; runs in a worker thread."""
         with self._lock:
             version = self.store.version
             self.exposition.refresh(time.time())
             for other, oc in self._cache.items():
                 if other != fmt and oc.version != version:
-                    oc.body = None  # free the other format's plain body (MBs); its gzip body (what
+                    oc.text = None  # let the other format's old parts go (MBs); its gzip body (what
                     # Prometheus takes, ~1/16 the size) stays servable while recent enough
             self._cache[fmt] = _Cached(True, None, None, version, self.exposition._layout, time.monotonic(),
                                        self.exposition.valid_until)
             return self._finish_locked(fmt, gzipped)
 
-    def _finish(self, fmt: str, gzipped: bool) -> bytes:
+    def _finish(self, fmt: str, gzipped: bool) -> Body:
         with self._lock:
             return self._finish_locked(fmt, gzipped)
 
-    def _finish_locked(self, fmt: str, gzipped: bool) -> bytes:
-        """The refreshed exposition as a body, joined once or gzipped once per version.
+    def _finish_locked(self, fmt: str, gzipped: bool) -> Body:
+        """The refreshed exposition as a body: its parts (never joined, bodyparts.py), or gzipped
+        once per version.
 
         The gzip body never needs the joined text: it is the families' cached deflate chunks
         (only changed families recompressed) plus the standard collectors'."""
@@ -786,9 +798,9 @@ class MetricsRenderer:
             if c.gz is None:
                 c.gz = gzip_body([*self.exposition.gzip_chunks(fmt), chunk(std)])
             return c.gz
-        if c.body is None:
-            c.body = self.exposition.body(fmt, std)  # OpenMetrics: std ends with "# EOF"
-        return c.body
+        if c.text is None:
+            c.text = BodyParts.of(self.exposition.parts(fmt, std))  # OpenMetrics: std ends with "# EOF"
+        return c.text
 
     def _current(self, fmt: str) -> _Cached | None:
         c = self._cache[fmt]
@@ -799,23 +811,28 @@ class MetricsRenderer:
             return None
         return c
 
-    def _fresh(self, fmt: str, gzipped: bool) -> bytes | None:
+    def _fresh(self, fmt: str, gzipped: bool) -> Body | None:
         c = self._current(fmt)
         if c is None:
             return None
-        return c.gz if gzipped else c.body
+        return c.gz if gzipped else c.text
 
     async def render(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
+        """`body()` as bytes (tests, the board's and `check`'s readers)."""
+        return as_bytes(await self.body(fmt, gzipped))
+
+    async def body(self, fmt: str = TEXT, gzipped: bool = False) -> Body:
         """The body for one scrape: a cached or prebuilt one (see _prebuild) when it is recent
-        enough, else built now: changed keys rendered on the loop in slices, then the join and
-        the compression in a worker thread (zlib releases the GIL while it compresses)."""
+        enough, else built now: changed keys rendered on the loop in slices, then the overdue pass
+        and the compression in a worker thread (zlib releases the GIL while it compresses).
+        Uncompressed, it is the exposition's parts, for the web handler to write in runs."""
         self._note_request((fmt, gzipped))
         cached = self._fresh(fmt, gzipped)
         if cached is not None:
             return cached
         return await self._build(fmt, gzipped)
 
-    async def _build(self, fmt: str, gzipped: bool, force: bool = False) -> bytes:
+    async def _build(self, fmt: str, gzipped: bool, force: bool = False) -> Body:
         """A body now; `force` (a prebuild): a new render even if a recent body could be served."""
         if self._render_lock is None:
             self._render_lock = asyncio.Lock()
@@ -830,4 +847,4 @@ class MetricsRenderer:
                 # would hold the GIL against the loop, see keep_warm); the thread then only runs the
                 # overdue pass, the join and zlib (which releases the GIL)
                 await self._slices(SCRAPE_SLICES, chase=False)
-            return await asyncio.to_thread(self.render_sync, fmt, gzipped)
+            return await asyncio.to_thread(self._render_now, fmt, gzipped)

@@ -12,6 +12,8 @@ never causes a login. Authentication, headers and the access log are a middlewar
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 from aiohttp import web
@@ -33,6 +35,9 @@ OPTIONS = web.AppKey("options", WebOptions)
 SECURITY = web.AppKey("security", Security)
 ONDEMAND = web.AppKey("ondemand", OnDemand)
 CHECKS = ("token", "imap", "pop3", "smtp")
+WRITE_DEADLINE = 60.0  # seconds an uncompressed /metrics body may take to reach its client
+
+log = logging.getLogger(__name__)
 
 
 class _OneResult(Collector):
@@ -100,13 +105,34 @@ def _negotiate(request: web.Request) -> tuple[str, bool]:
     return fmt, "gzip" in encodings
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics(request: web.Request) -> web.StreamResponse:
+    """A gzip body in one write; an uncompressed one (bodyparts.py: never joined whole) in runs,
+    each awaiting the client, within WRITE_DEADLINE (a client that stops reading is cut off and
+    releases the parts it pinned)."""
     fmt, gz = _negotiate(request)
-    body = await request.app[RUNTIME].renderer.render(fmt, gz)
+    body = await request.app[RUNTIME].renderer.body(fmt, gz)
     headers = {"Content-Type": content_type(fmt), "Vary": "Accept, Accept-Encoding"}
     if gz:
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+    if isinstance(body, bytes):
+        return web.Response(body=body, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = body.length
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    try:
+        async with asyncio.timeout(WRITE_DEADLINE):
+            for run in body.runs():
+                await response.write(run)
+    except TimeoutError:
+        log.warning("a /metrics client did not read %d bytes within %.0fs: connection closed",
+                    body.length, WRITE_DEADLINE)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
 
 
 def _target(request: web.Request) -> tuple[str, str, web.Response | None]:

@@ -136,7 +136,8 @@ async def test_renderer_adds_standard_collectors_and_caches() -> None:
     for name in (b"python_info{", b"python_gc_objects_collected_total{", b"process_resident_memory_bytes ",
                  b"m365_exporter_build_info{branch="):
         assert name in body
-    assert await r.render() is body  # cached until something changes
+    assert await r.render() == body
+    assert await r.body() is await r.body()  # cached until something changes (uncompressed: its parts)
     om = await r.render(OPENMETRICS)
     assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1
     assert b"# TYPE m365_probes counter\n" in om and b"# TYPE m365_probes_total counter\n" in body

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from exporter import collector
-from exporter.collector import OPENMETRICS, TEXT, MetricsRenderer
+from exporter.bodyparts import as_bytes
+from exporter.collector import OPENMETRICS, TEXT, Body, MetricsRenderer
 from exporter.gzmembers import crc32_combine, gzip_body
 from exporter.probes.result import ProbeResult
 from exporter.reasons import Reason
@@ -37,7 +38,7 @@ def bodies(r: MetricsRenderer, fmt: str) -> tuple[bytes, bytes]:
     """(gzip, text) of the same refresh, without the standard collectors (their values move by
     themselves between two calls); the whole renderer body is checked as well, without them."""
     whole = r.render_sync(fmt, gzipped=True)
-    assert m365_only(gzip.decompress(whole)) == m365_only(r._finish(fmt, False))
+    assert m365_only(gzip.decompress(whole)) == m365_only(as_bytes(r._finish(fmt, False)))
     e = r.exposition
     return gzip_body(e.gzip_chunks(fmt)), e.body(fmt)
 
@@ -198,13 +199,13 @@ def test_a_regular_scraper_gets_a_body_built_before_it_asks(monkeypatch: pytest.
     monkeypatch.setattr(collector, "WARM_EVERY", 0.05)
     r = renderer(300)
     builds: list[float] = []
-    real = r.render_sync
+    real = r._render_now
 
-    def counting(fmt: str = TEXT, gzipped: bool = False) -> bytes:
+    def counting(fmt: str = TEXT, gzipped: bool = False) -> Body:
         builds.append(time.monotonic())
         return real(fmt, gzipped)
 
-    monkeypatch.setattr(r, "render_sync", counting)
+    monkeypatch.setattr(r, "_render_now", counting)
 
     async def main() -> None:
         async with keeping_warm(r):
@@ -240,7 +241,7 @@ def test_a_text_scrape_keeps_the_other_formats_gzip_body() -> None:
         gz = await r.render(OPENMETRICS, True)
         r.store.record(("mailbox", "box2@contoso.example", "imap"), ProbeResult.ok(0.9))
         await r.render(TEXT)  # renders the change for the text format
-        assert r._cache[OPENMETRICS].body is None  # its big plain body is freed ...
+        assert r._cache[OPENMETRICS].text is None  # its old parts are let go ...
         assert await r.render(OPENMETRICS, True) is gz  # ... its gzip body still served (< MIN_RENDER_INTERVAL)
 
     asyncio.run(main())
