@@ -614,7 +614,7 @@ class M365Exposition:
         size, first = 0, 0
         for i in range(len(FAMILIES)):
             parts = self._family(fmt, i)
-            run += parts
+            run += filter(None, parts)  # bytes.join keeps 80 bytes per item: skip the empty blocks
             size += sum(map(len, parts))
             if size < GZ_MIN_MEMBER and i < len(FAMILIES) - 1:
                 continue
