@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.check import Style, render_line, run_check, use_colour
-from exporter.checklist import STAGES, CheckLine, endpoint_lines, run_checks
+from exporter.commands.check import Style, render_line, run_check, use_colour
+from exporter.commands.checklist import STAGES, CheckLine, endpoint_lines, run_checks
 from exporter.config import Config, Endpoint, TLSSettings
 from exporter.probes.result import ProbeResult
 from exporter.reasons import Reason

@@ -18,8 +18,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 
-from exporter.check import Causes, Style, render_cause, render_line
-from exporter.checklist import SECRET_CRITICAL_DAYS, SECRET_WARNING_DAYS, CheckLine, declared_line
+from exporter.commands.check import Causes, Style, render_cause, render_line
+from exporter.commands.checklist import SECRET_CRITICAL_DAYS, SECRET_WARNING_DAYS, CheckLine, declared_line
 from exporter.config import Config
 from exporter.reasons import PLACEHOLDER_TOKENS, Reason
 from exporter.simulator.state import TokenFault
@@ -207,7 +207,7 @@ def test_every_fix_filled_has_no_placeholder() -> None:
 async def test_unreachable_endpoint_is_one_cause_and_its_mail_checks_are_skipped(env: Env) -> None:
     import socket
 
-    from exporter.checklist import run_checks
+    from exporter.commands.checklist import run_checks
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

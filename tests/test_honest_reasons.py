@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from exporter.commands.login import run_login
 from exporter.config import Config
-from exporter.login import run_login
 from exporter.reasons import PLACEHOLDER_TOKENS, Reason, classify_aadsts
 from exporter.redact import ProbeSecrets, SecretRegistry, redact, register_token
 from exporter.runtime import MailTarget

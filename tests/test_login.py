@@ -24,8 +24,8 @@ import yaml
 from exporter import oscompat
 from exporter.auth.cache import load_cache
 from exporter.cli import main as cli_main
+from exporter.commands.login import LoginResult, run_login
 from exporter.config import Config
-from exporter.login import LoginResult, run_login
 from exporter.reasons import Reason
 from exporter.simulator.idp import approve_device_code
 from exporter.simulator.seed import add_app

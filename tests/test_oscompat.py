@@ -121,7 +121,7 @@ def test_vt_mode_is_switched_on_for_a_console_and_not_for_a_pipe(win: FakeWindow
 
 
 def test_check_colours_only_where_the_console_renders_them(win: FakeWindows) -> None:
-    from exporter.check import use_colour
+    from exporter.commands.check import use_colour
 
     previous = oscompat.select(win.platform)
     try:

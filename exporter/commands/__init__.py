@@ -1,6 +1,9 @@
-"""Sub-commands besides `serve`: registered here so cli.py stays small.
+"""The operator's commands besides `serve`: `check` (the troubleshooting checklist) and `login`
+(the delegated token bootstrap), one module each here, registered with the command line.
 
-`check` and `login` live in their own modules (exporter/check.py, exporter/login.py).
+Why a package: the daemon's core (runtime, scheduler, store, exposition, web) lies at the top of
+`exporter/`; what an operator runs by hand on a server lives here and only uses the core (a
+`check` builds a Runtime and runs its probes once), never the other way round.
 """
 
 from __future__ import annotations

@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__, oscompat
+from .. import __version__, oscompat
+from ..config import Config, ConfigError, load_config
+from ..redact import redact
+from ..tasks import cancel_and_wait
 from .checklist import STAGE_TITLES, CheckLine, Checklist
-from .config import Config, ConfigError, load_config
-from .redact import redact
-from .tasks import cancel_and_wait
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = oscompat.default_config_path()
@@ -333,7 +333,7 @@ async def run_demo_check(mailbox: str | None, output: str, out: TextIO, err: Tex
     """`check --demo`: the checklist against the bundled simulator, no config needed."""
     import tempfile
 
-    from .simulator.demo import Demo
+    from ..simulator.demo import Demo
 
     with tempfile.TemporaryDirectory(prefix="m365-check-demo-") as tmp:
         demo = Demo(Path(tmp))

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .audit import AUDIT_ADVICE, audit_hook
-from .certexpiry import read_certificate_expiry
-from .config import Config, Endpoint, Mailbox
-from .facts import (
+from ..audit import AUDIT_ADVICE, audit_hook
+from ..certexpiry import read_certificate_expiry
+from ..config import Config, Endpoint, Mailbox
+from ..facts import (
     DISPLAY_NAME,
     KEY_NAME_PREFIX,
     KEY_TYPE_PREFIX,
@@ -36,11 +36,11 @@ from .facts import (
     SECRET_PREFIX,
     TOKEN_EXPIRY,
 )
-from .fixes import login_endpoint
-from .probes.result import ProbeResult
-from .reasons import Reason
-from .redact import redact
-from .runtime import MailTarget, Runtime
+from ..fixes import login_endpoint
+from ..probes.result import ProbeResult
+from ..reasons import Reason
+from ..redact import redact
+from ..runtime import MailTarget, Runtime
 
 STAGES: tuple[str, ...] = ("dns", "tcp", "tls", "token", "imap", "pop3", "smtp", "audit")
 STAGE_TITLES = {

@@ -38,13 +38,13 @@ from urllib.parse import urlsplit
 
 import msal
 
-from . import oscompat
-from .auth.cache import save_cache
-from .auth.claims import decode_claims, token_identity, token_permissions
-from .auth.errors import TokenError, from_msal_result, from_observed_exception
-from .auth.provider import TokenProvider, build_msal_app, read_client_material, required_permissions
-from .config import Config, ConfigError, load_config
-from .reasons import Reason
+from .. import oscompat
+from ..auth.cache import save_cache
+from ..auth.claims import decode_claims, token_identity, token_permissions
+from ..auth.errors import TokenError, from_msal_result, from_observed_exception
+from ..auth.provider import TokenProvider, build_msal_app, read_client_material, required_permissions
+from ..config import Config, ConfigError, load_config
+from ..reasons import Reason
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEFAULT_CONFIG = oscompat.default_config_path()
