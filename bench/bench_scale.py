@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import cpu_seconds, metric_sum, ready_reason, rss_mib, start_stack, stop, wait_ready
+from bench.common import cpu_seconds, metric_sum, ready_reason, rss_mib, runqueue_wait_ms, start_stack, stop, wait_ready
 
 OM_ACCEPT = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 
@@ -59,17 +59,20 @@ def scraper(port: int, seconds: float, every: float, prometheus_like: bool, out:
              "overdue_max": overdue_max, "bytes": len(body)})
 
 
-def pinger(port: int, seconds: float, out: mp.Queue) -> None:
-    """/-/healthy every 50 ms: its latency beyond the floor is event-loop stall."""
+def pinger(port: int, seconds: float, pid: int, out: mp.Queue) -> None:
+    """/-/healthy every 50 ms: its latency beyond the floor is event-loop stall; with each, how long
+    the exporter's loop thread waited for a CPU meanwhile (the machine's share of the stall)."""
     lat: list[float] = []
+    waits: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        t0 = time.perf_counter()
+        w0, t0 = runqueue_wait_ms(pid), time.perf_counter()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/healthy", timeout=30) as r:
             r.read()
         lat.append((time.perf_counter() - t0) * 1000)
+        waits.append(runqueue_wait_ms(pid) - w0)
         time.sleep(0.05)
-    out.put({"kind": "pinger", "lat": lat})
+    out.put({"kind": "pinger", "lat": lat, "waits": waits})
 
 
 def main() -> None:
@@ -101,7 +104,7 @@ def main() -> None:
         q: mp.Queue = mp.Queue()
         procs = [mp.Process(target=scraper, args=(port, args.seconds, args.scrape_every, i == 0, q))
                  for i in range(args.clients)]
-        procs.append(mp.Process(target=pinger, args=(port, args.seconds, q)))
+        procs.append(mp.Process(target=pinger, args=(port, args.seconds, exp.pid, q)))
         c0, w0 = cpu_seconds(exp.pid), time.monotonic()
         for pr in procs:
             pr.start()
@@ -116,7 +119,9 @@ def main() -> None:
         stop(exp, sim)
     prom = [r for r in results if r["kind"] == "prometheus"]
     plain = [r for r in results if r["kind"] == "plain"]
-    ping = next(r for r in results if r["kind"] == "pinger")["lat"]
+    pings = next(r for r in results if r["kind"] == "pinger")
+    ping = pings["lat"]
+    worst = sorted(range(len(ping)), key=ping.__getitem__)[-max(1, len(ping) // 1000):]  # the slowest 0.1 %
     lat_all = [x for r in prom + plain for x in r["lat"]]
     floor = statistics.median(ping)
     late = [x for r in prom for x in r["late"]]
@@ -140,6 +145,9 @@ def main() -> None:
         "metrics_ms_p99_after_first3": pct([x for r in prom + plain for x in r["lat"][3:]], 0.99),
         "healthy_ms_p50": round(floor, 1), "stall_ms_p999": pct([x - floor for x in ping], 0.999),
         "stall_ms_max": round(max(ping) - floor, 1),
+        # of the slowest 0.1 % of /-/healthy answers: how long the loop thread waited for a CPU meanwhile
+        "stall_worst_runqueue_wait_ms": [round(pings["waits"][i], 1) for i in worst],
+        "stall_worst_ms": [round(ping[i] - floor, 1) for i in worst],
         "overdue_checks_max": max((r["overdue_max"] for r in prom), default=None),
         "overdue_checks_end": metric_sum(body, "m365_probe_overdue"),
         "start_lateness_s_max_sampled": round(max(late), 2) if late else None,

@@ -127,6 +127,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def runqueue_wait_ms(pid: int) -> float:
+    """Milliseconds the process's main thread (the event loop) has spent runnable but waiting for
+    a CPU (schedstat's second field): how much of a stall is the machine's, not the exporter's."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e6
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
