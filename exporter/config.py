@@ -242,8 +242,11 @@ class Config(_Model):
         host = own.host or dflt.host or getattr(cloud, f"{check}_host")
         port = own.port or dflt.port or DEFAULT_PORTS[check]
         tls = own.tls or dflt.tls or self.defaults.tls
-        return Endpoint(host=host, port=port, tls=tls, starttls=(check == "smtp"),
-                        resolvers=tuple(self.defaults.dns.resolvers))
+        ep = Endpoint(host=host, port=port, tls=tls, starttls=(check == "smtp"),
+                      resolvers=tuple(self.defaults.dns.resolvers))
+        if len(_ENDPOINTS) >= _ENDPOINTS_MAX:
+            _ENDPOINTS.clear()
+        return _ENDPOINTS.setdefault(ep, ep)
 
     def mailbox_interval(self, mailbox: Mailbox) -> float:
         return mailbox.interval or self.defaults.interval
@@ -252,9 +255,16 @@ class Config(_Model):
         return mailbox.timeout or self.defaults.timeout
 
 
-@dataclass(frozen=True)
+_ENDPOINTS: dict[Endpoint, Endpoint] = {}  # one object per distinct endpoint (few): see Endpoint
+_ENDPOINTS_MAX = 65536  # interning only saves memory: past this (endless reloads of new hosts) start over
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A resolved network endpoint; deduplicated across mailboxes for DNS/TCP/TLS checks."""
+    """A resolved network endpoint; deduplicated across mailboxes for DNS/TCP/TLS checks.
+
+    Interned by `Config.endpoint_for`: every mail job's signature holds its endpoint, and the
+    thousands of mailboxes of a tenant share a handful of them."""
 
     host: str
     port: int

@@ -65,7 +65,7 @@ def provider_signature(config: Config, name: str, checks: set[str]) -> tuple[obj
     return (cred, config.authority_host(cred), d.https, d.dns, d.timeout, d.cloud, frozenset(checks))
 
 
-@dataclass
+@dataclass(slots=True)
 class MailTarget:
     mailbox: Mailbox
     check: str
