@@ -27,6 +27,7 @@ that mark and resumed anyway.
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import enum
 import logging
@@ -70,8 +71,6 @@ def _load() -> _LibSSL | None:
     if sys.implementation.name != "cpython" or os.name != "posix" or os.environ.get("M365_TLS_SHARE") == "0":
         return None
     try:
-        import _ssl
-
         lib = ctypes.CDLL(_ssl.__file__)
         version = _fn(lib.OpenSSL_version_num, ctypes.c_ulong, [])
         if version() != ssl.OPENSSL_VERSION_NUMBER:
@@ -104,7 +103,7 @@ def share(sslobj: ssl.SSLObject, context: ssl.SSLContext, session: ssl.SSLSessio
     if lib is None:
         return Shared.UNAVAILABLE
     conn = getattr(sslobj, "_sslobj", None)  # ssl.SSLObject wraps an _ssl._SSLSocket
-    if conn is None or getattr(conn, "context", None) is not context or type(session) is not ssl.SSLSession:
+    if type(conn) is not _ssl._SSLSocket or type(session) is not ssl.SSLSession or conn.context is not context:
         return Shared.UNAVAILABLE
     # _SSLSocket: Socket, ssl, ctx, ...; _SSLContext: ctx, ...; SSLSession: session, ctx
     if _field(conn, 2) != id(context) or _field(session, 1) != id(context):
