@@ -766,7 +766,7 @@ class MetricsRenderer:
             self.exposition.refresh(time.time())
 
     def render_sync(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
-        """Render now (changed keys only), then join or gzip (tests, `check`)."""
+        """Render now (changed keys only), then join or gzip, as bytes (tests)."""
         return as_bytes(self._render_now(fmt, gzipped))
 
     def _render_now(self, fmt: str, gzipped: bool) -> Body:
@@ -818,7 +818,7 @@ class MetricsRenderer:
         return c.gz if gzipped else c.text
 
     async def render(self, fmt: str = TEXT, gzipped: bool = False) -> bytes:
-        """`body()` as bytes (tests, the board's and `check`'s readers)."""
+        """`body()` as bytes (tests; the web handler takes `body()` itself)."""
         return as_bytes(await self.body(fmt, gzipped))
 
     async def body(self, fmt: str = TEXT, gzipped: bool = False) -> Body:
@@ -845,6 +845,6 @@ class MetricsRenderer:
             if self.exposition._layout == self.store.layout:
                 # changed keys are Python work: render them here in slices (a worker thread doing it
                 # would hold the GIL against the loop, see keep_warm); the thread then only runs the
-                # overdue pass, the join and zlib (which releases the GIL)
+                # overdue pass, the parts list or zlib (which releases the GIL)
                 await self._slices(SCRAPE_SLICES, chase=False)
             return await asyncio.to_thread(self._render_now, fmt, gzipped)
