@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -173,25 +174,22 @@ class Runtime:
         jobs: list[Job] = []
         for name in config.credentials:
             jobs.append(Job(("credential", name), d.token_interval, d.timeout,
-                            self._bind(self.run_token_probe, name), signature=self._signatures[name]))
+                            partial(Runtime.run_token_probe, self, name), signature=self._signatures[name]))
         for m in config.mailboxes:
             for check in m.checks:
-                t = MailTarget(m, check)
-                jobs.append(Job(t.key, config.mailbox_interval(m), config.mailbox_timeout(m),
-                                self._bind(self.run_mail_probe, t),
+                jobs.append(Job(("mailbox", m.label, check), config.mailbox_interval(m), config.mailbox_timeout(m),
+                                partial(Runtime._probe_mailbox, self, m, check),
                                 signature=(m, config.endpoint_for(m, check), self._signatures[m.credential])))
         if d.network_checks:
             for key, ep in self.unique_endpoints(config).items():
-                jobs.append(Job(key, d.interval, d.timeout, self._bind(self.run_endpoint_probe, ep),
+                jobs.append(Job(key, d.interval, d.timeout, partial(Runtime.run_endpoint_probe, self, ep),
                                 signature=(ep, tuple(d.dns.resolvers))))
         return jobs
 
-    @staticmethod
-    def _bind(fn: Callable[..., Awaitable[ProbeResult]], arg: object) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            await fn(arg)
-
-        return run
+    def _probe_mailbox(self, m: Mailbox, check: str) -> Awaitable[ProbeResult]:
+        """A mail job's run: one partial per job (~150 bytes) instead of a closure, its cell, a
+        bound method and a MailTarget (~400 bytes; x 30,000 jobs at 10,000 mailboxes)."""
+        return self.run_mail_probe(MailTarget(m, check))
 
     def unique_endpoints(self, config: Config) -> dict[Key, Endpoint]:
         """Every host:port the exporter depends on, once: mail endpoints and login hosts."""

@@ -29,7 +29,7 @@ from ..config import Endpoint
 from ..reasons import Reason
 from . import certinfo
 from .dns import resolve
-from .result import ProbeResult, Transcript
+from .result import ProbeResult, Transcript, new_transcript
 from .tcptls import (
     Connection,
     StageFailure,
@@ -58,7 +58,7 @@ class _Probe:
         self.start = time.perf_counter()
         self.deadline = self.loop.time() + timeout
         self.facts: dict[str, float | str] = {}
-        self.transcript = Transcript()
+        self.transcript = new_transcript()
         self.stage = "dns"
         self.open: list[Connection] = []
 

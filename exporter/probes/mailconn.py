@@ -37,7 +37,7 @@ from ..redact import ProbeSecrets
 from . import dns as dnsprobe
 from . import neterrors
 from .lineio import ConnectionClosed, LineReader, ProbeFailure, decode_line
-from .result import ProbeResult, Transcript
+from .result import ProbeResult, Transcript, new_transcript
 from .tlsctx import client_context, server_hostname
 from .tlsresume import EndpointKey, ResumingContext, offering
 
@@ -333,7 +333,7 @@ async def run_probe(
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + timeout
-    transcript = Transcript()
+    transcript = new_transcript()
     conn = MailConnection(endpoint, transcript, step_timeout=timeout, secrets=secrets)
     try:
         try:

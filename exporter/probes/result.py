@@ -34,7 +34,7 @@ def transcripts(enabled: bool) -> Iterator[None]:
         _RECORDING.reset(token)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transcript:
     """Redacted dialogue lines: ('C', text) client sent, ('S', text) server said, ('*', note)."""
 
@@ -67,10 +67,10 @@ class Transcript:
 NO_TRANSCRIPT = Transcript(enabled=False)  # shared by background results: records nothing, allocates nothing
 
 
-def _new_transcript() -> Transcript:
+def new_transcript() -> Transcript:
     """A recording Transcript, or the shared no-op one when recording is off (background probes):
     at 10,000 mailboxes the per-result Transcript objects were a large share of what the garbage
-    collector walked."""
+    collector walked, and ~7 MiB kept alive by the stored results. Probes create theirs here."""
     return Transcript() if _RECORDING.get() else NO_TRANSCRIPT
 
 
@@ -83,12 +83,12 @@ class ProbeResult:
     reason: Reason | None = None
     detail: str = ""  # short, redacted human explanation (e.g. the server's reply)
     facts: dict[str, float | str] = field(default_factory=dict)
-    transcript: Transcript = field(default_factory=_new_transcript)
+    transcript: Transcript = field(default_factory=new_transcript)
     finished_at: float = field(default_factory=time.time)
 
     @classmethod
     def ok(cls, duration: float, transcript: Transcript | None = None, **facts: float | str) -> ProbeResult:
-        return cls(True, duration, None, "", dict(facts), transcript or _new_transcript())
+        return cls(True, duration, None, "", dict(facts), transcript or new_transcript())
 
     @classmethod
     def fail(
@@ -100,4 +100,4 @@ class ProbeResult:
         **facts: float | str,
     ) -> ProbeResult:
         return cls(False, duration, reason, redact(detail)[:MAX_LINE_CHARS], dict(facts),
-                   transcript or _new_transcript())
+                   transcript or new_transcript())
