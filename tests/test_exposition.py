@@ -141,3 +141,62 @@ async def test_renderer_adds_standard_collectors_and_caches() -> None:
     om = await r.render(OPENMETRICS)
     assert om.endswith(b"# EOF\n") and om.count(b"# EOF") == 1
     assert b"# TYPE m365_probes counter\n" in om and b"# TYPE m365_probes_total counter\n" in body
+
+
+def test_identical_through_random_changes_slices_and_reloads() -> None:
+    """A key's lines live only in its block's joined bytes and are spliced on change: random
+    results (families appearing and going, lines growing and shrinking), sliced refreshes as the
+    event loop does them, reloads that drop and add keys, always identical to the reference."""
+    import random
+
+    rnd = random.Random(11)
+    st = rich_store(40)
+    e = exposition(st)
+    e.render()
+    keys = [k for k in st.keys() if k[0] == "mailbox"]
+    for step in range(60):
+        for _ in range(rnd.randint(1, 25)):
+            key = rnd.choice(keys)
+            if key not in st.keys():
+                continue
+            roll = rnd.random()
+            if roll < 0.3:
+                st.record(key, ProbeResult.fail(rnd.choice([Reason.AUTH_FAILED, Reason.TIMEOUT, Reason.TLS_UNTRUSTED]),
+                                                rnd.random() * 10 ** rnd.randint(0, 6)))
+            else:
+                facts = {"messages": float(rnd.randint(0, 10 ** rnd.randint(0, 9)))} if roll < 0.8 else {}
+                st.record(key, ProbeResult.ok(rnd.random() / 10 ** rnd.randint(0, 5), **facts))
+        if step % 7 == 3:  # a reload: some mailboxes go, new ones come
+            gone = {rnd.choice(keys)[1] for _ in range(3)}
+            st.prune({k for k in st.keys() if k[1] not in gone})
+            for c in ("imap", "smtp"):
+                new = ("mailbox", f"new{step}@contoso.example", c)
+                st.ensure(new, 300, 15)
+                keys.append(new)
+        for _ in range(40):  # the event loop's slices (bounded; a reload waits for the full refresh)
+            if e.refresh(limit=rnd.randint(1, 9)):
+                break
+        if step % 2:
+            assert e.render() == reference(st), f"step {step}"
+
+
+def test_a_failed_rebuild_changes_nothing_and_the_next_render_is_right(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import pytest
+
+    from exporter import collector
+
+    st = rich_store(20)
+    e = exposition(st)
+    e.render()
+    st.record(("mailbox", "box4@contoso.example", "imap"), ProbeResult.fail(Reason.TIMEOUT, 15.0))
+    st.record(("mailbox", "box9@contoso.example", "pop3"), ProbeResult.ok(0.1, messages=7.0))
+
+    def broken(*_a, **_k):  # type: ignore[no-untyped-def]
+        raise MemoryError("simulated")
+
+    real = collector.pairs
+    monkeypatch.setattr(collector, "pairs", broken)
+    with pytest.raises(MemoryError):
+        e.render()
+    monkeypatch.setattr(collector, "pairs", real)
+    assert e.render() == reference(st)
