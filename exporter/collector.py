@@ -26,7 +26,6 @@ import asyncio
 import logging
 import threading
 import time
-from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -191,15 +190,16 @@ class Fragment(NamedTuple):
 
     Why two bytes objects and not a bytes object per family: 30,000 keys at 10,000 mailboxes
     contribute to ~9 families each; a bytes object costs 33 bytes and a tuple slot 8 beyond its
-    text, ~390 bytes per key (~12 MiB). `layout` is native uint32 pairs (family index, end
-    offset), interned (keys with labels of equal length share one)."""
+    text, ~390 bytes per key (~12 MiB). `layout` is (family index, end offset, ...), interned:
+    keys whose labels have equal lengths share one tuple, so it costs a pointer per key."""
 
     text: bytes
-    layout: bytes
+    layout: Layout
 
 
-EMPTY = Fragment(b"", b"")
-_LAYOUTS: dict[bytes, bytes] = {}  # interned layouts (bounded: cleared past LAYOUTS_MAX)
+Layout = tuple[int, ...]
+EMPTY = Fragment(b"", ())
+_LAYOUTS: dict[Layout, Layout] = {}  # interned layouts (bounded: cleared past LAYOUTS_MAX)
 LAYOUTS_MAX = 65_536
 
 
@@ -214,7 +214,7 @@ def fragment(parts: Iterable[tuple[int, bytes]]) -> Fragment:
         texts.append(text)
     if not texts:
         return EMPTY
-    layout = array("I", ends).tobytes()
+    layout = tuple(ends)
     shared = _LAYOUTS.get(layout)
     if shared is None:
         if len(_LAYOUTS) >= LAYOUTS_MAX:
@@ -223,10 +223,10 @@ def fragment(parts: Iterable[tuple[int, bytes]]) -> Fragment:
     return Fragment(b"".join(texts), shared)
 
 
-def pairs(text: bytes, layout: bytes) -> Iterator[tuple[int, bytes]]:
+def pairs(text: bytes, layout: Layout) -> Iterator[tuple[int, bytes]]:
     """(family index, that family's lines) of a fragment, in order."""
     start = 0
-    ends = iter(memoryview(layout).cast("I"))
+    ends = iter(layout)
     for i, end in zip(ends, ends, strict=True):
         yield i, text[start:end]
         start = end
@@ -428,7 +428,7 @@ class M365Exposition:
         self.static: list[tuple[Family, list[dict[str, str]]]] = []
         self.fragment_renders = 0  # counted for tests: proportional to what changed
         self._layout = -1  # the store layout the blocks follow; -1: none, or unknown after an error
-        self._layouts: dict[Key, bytes] = {}  # slot (key or group) -> its lines' layout in its block
+        self._layouts: dict[Key, Layout] = {}  # slot (key or group) -> its lines' layout in its block
         self._fresh: dict[Key, Fragment] = {}  # slots rendered since their block was last rebuilt
         self._overdue: dict[Key, _Overdue] = {}
         self._groups: dict[Key, list[Key]] = {}
@@ -575,10 +575,10 @@ class M365Exposition:
         offsets: dict[int, int] = {}
         out: dict[Key, Fragment] = {}
         for slot in self._slots(b):
-            layout = self._layouts.get(slot, b"")
+            layout = self._layouts.get(slot, ())
             texts: list[bytes] = []
             start = 0
-            ends = iter(memoryview(layout).cast("I"))
+            ends = iter(layout)
             for i, end in zip(ends, ends, strict=True):
                 at = offsets.get(i, 0)
                 offsets[i] = at + end - start
@@ -599,21 +599,18 @@ class M365Exposition:
         pos: dict[int, int] = {}  # family -> end of the slots walked so far, in the old joined bytes
         cut: dict[int, int] = {}  # family -> start of the pending run of unchanged lines
         per: dict[int, list[bytes]] = {}
-        fresh_slots: list[tuple[Key, Fragment]] = []
         layouts, fresh = self._layouts, self._fresh
-        for slot in self._slots(b):
-            layout = layouts.get(slot, b"")
-            new = fresh.get(slot)
-            if new is None:  # unchanged: its lines stay in the pending runs
-                start = 0
-                ends = iter(memoryview(layout).cast("I"))
+        slots = list(self._slots(b))
+        changed = [n for n, slot in enumerate(slots) if slot in fresh]
+        fresh_slots = [(slots[n], fresh[slots[n]]) for n in changed]
+        for slot in slots[:changed[-1] + 1] if changed else ():  # after the last fresh slot: one run each
+            ends = iter(layouts.get(slot, ()))
+            start = 0
+            if slot not in fresh:  # unchanged: its lines stay in the pending runs
                 for i, end in zip(ends, ends, strict=True):
                     pos[i] = pos.get(i, 0) + end - start
                     start = end
                 continue
-            fresh_slots.append((slot, new))
-            start = 0
-            ends = iter(memoryview(layout).cast("I"))
             for i, end in zip(ends, ends, strict=True):  # its old lines: close the runs before them
                 at = pos.get(i, 0)
                 c = cut.get(i, 0)
@@ -621,7 +618,7 @@ class M365Exposition:
                     per.setdefault(i, []).append(old[i][c:at])
                 pos[i] = cut[i] = at + end - start
                 start = end
-            for i, text in pairs(*new):
+            for i, text in pairs(*fresh[slot]):
                 at = pos.get(i, 0)
                 c = cut.get(i, 0)
                 if at > c:
