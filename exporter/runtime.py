@@ -177,19 +177,20 @@ class Runtime:
                             partial(Runtime.run_token_probe, self, name), signature=self._signatures[name]))
         for m in config.mailboxes:
             for check in m.checks:
+                ep = config.endpoint_for(m, check)
                 jobs.append(Job(("mailbox", m.label, check), config.mailbox_interval(m), config.mailbox_timeout(m),
-                                partial(Runtime._probe_mailbox, self, m, check),
-                                signature=(m, config.endpoint_for(m, check), self._signatures[m.credential])))
+                                partial(Runtime._probe_mailbox, self, m, check, ep),
+                                signature=(m, ep, self._signatures[m.credential])))
         if d.network_checks:
             for key, ep in self.unique_endpoints(config).items():
                 jobs.append(Job(key, d.interval, d.timeout, partial(Runtime.run_endpoint_probe, self, ep),
                                 signature=(ep, tuple(d.dns.resolvers))))
         return jobs
 
-    def _probe_mailbox(self, m: Mailbox, check: str) -> Awaitable[ProbeResult]:
+    def _probe_mailbox(self, m: Mailbox, check: str, ep: Endpoint) -> Awaitable[ProbeResult]:
         """A mail job's run: one partial per job (~150 bytes) instead of a closure, its cell, a
         bound method and a MailTarget (~400 bytes; x 30,000 jobs at 10,000 mailboxes)."""
-        return self.run_mail_probe(MailTarget(m, check))
+        return self.run_mail_probe(MailTarget(m, check), ep)
 
     def unique_endpoints(self, config: Config) -> dict[Key, Endpoint]:
         """Every host:port the exporter depends on, once: mail endpoints and login hosts."""
@@ -286,7 +287,9 @@ class Runtime:
                 r = ProbeResult.fail(result.reason or Reason.UNKNOWN, result.duration, result.detail)
             self.store.record(("mailbox", m.label, "token"), r)
 
-    async def run_mail_probe(self, target: MailTarget) -> ProbeResult:
+    async def run_mail_probe(self, target: MailTarget, ep: Endpoint | None = None) -> ProbeResult:
+        """One mail check: token, protocol probe, root cause, record. `ep`: the job's endpoint
+        (it is part of the job's signature, so it is current), else looked up."""
         m, check = target.mailbox, target.check
         timeout = self.config.mailbox_timeout(m)
         t0 = time.monotonic()
@@ -294,8 +297,10 @@ class Runtime:
         try:
             if provider is None:
                 raise TokenError(Reason.UNKNOWN, "credential removed")
-            async with asyncio.timeout(timeout):
-                tok = await provider.get_token()
+            tok = provider.cached_token()
+            if tok is None:
+                async with asyncio.timeout(timeout):
+                    tok = await provider.get_token()
         except TokenError as err:
             result = ProbeResult.fail(err.reason, time.monotonic() - t0,
                                       f"credential {m.credential}: no token: {err.detail}")
@@ -303,7 +308,7 @@ class Runtime:
             result = ProbeResult.fail(Reason.TIMEOUT, time.monotonic() - t0,
                                       f"credential {m.credential}: token acquisition timed out")
         else:
-            ep = self.config.endpoint_for(m, check)
+            ep = ep or self.config.endpoint_for(m, check)
             remaining = max(1.0, timeout - (time.monotonic() - t0))
             result = await mail_probe(check)(ep, m.address, tok.access_token, remaining)
             # root cause first (exporter/rootcause.py): the credential's or the endpoint's failure

@@ -204,3 +204,32 @@ def test_registered_token_segments_are_redacted_anywhere() -> None:
     assert sig not in redact(f"server said {sig[3:30]}")
     assert "250-AUTH XOAUTH2 OAUTHBEARER" == redact("250-AUTH XOAUTH2 OAUTHBEARER")
 
+
+
+async def test_background_probe_details_hide_echoed_fragments(env: Env) -> None:
+    """Background probes record no transcript and do not scrub each line as it arrives: the
+    detail (stored, exported via logs and the status page) is still scrubbed on its way out."""
+    from exporter.probes.result import transcripts
+    from exporter.probes.sasl import xoauth2_b64
+
+    env.state.server_faults["imap"] = ServerFault(auth_reply="NO [AUTHENTICATIONFAILED] Invalid.", echo_secret=True)
+    env.state.server_faults["pop3"] = ServerFault(auth_reply="-ERR [AUTH] Authentication failed.", echo_secret=True)
+    env.state.server_faults["smtp"] = ServerFault(auth_reply="535 5.7.8 Error: authentication failed", echo_secret=True)
+    cfg = env.config([{"address": "sales@contoso.example", "credential": "app", "checks": ["imap", "pop3", "smtp"]}])
+    rt = await runtime_for(cfg)
+    try:
+        with transcripts(False):
+            results = [await rt.run_mail_probe(MailTarget(cfg.mailboxes[0], c)) for c in ("imap", "pop3", "smtp")]
+        provider = rt.providers["app"]
+        token = provider.current.access_token if provider.current else ""
+    finally:
+        await rt.stop()
+    sasl = xoauth2_b64("sales@contoso.example", token)
+    signature = token.rsplit(".", 1)[1]
+    for res in results:
+        assert res.transcript.lines == []  # nothing recorded
+        assert res.reason is Reason.AUTH_FAILED
+        assert "[REDACTED]" in res.detail, res.detail  # the server did echo, and we hid it
+        for secret in (sasl, signature):
+            for i in range(0, len(secret) - 16, 5):
+                assert secret[i:i + 16] not in res.detail, res.detail

@@ -24,6 +24,7 @@ always closed within the deadline, and no secret reaches the transcript or the d
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import socket
@@ -69,6 +70,17 @@ _POLITE_AFTER = frozenset({
     Reason.SERVER_TEMPORARY_FAILURE,
     Reason.MAILBOX_IN_USE,
 })
+
+
+@functools.lru_cache(maxsize=1024)
+def _literal_family(host: str) -> int | None:
+    """AF_INET/AF_INET6 when `host` is an IP literal, else None (cached: parsed once per host,
+    not on every probe)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
 def classify_exception(exc: BaseException, step: str, timeout: float) -> tuple[Reason, str]:
@@ -163,10 +175,10 @@ class MailConnection:
         host, port = self.endpoint.host, self.endpoint.port
         self.step = "resolve"
         addrs: list[tuple[int, str]] = []
-        try:  # an IP literal needs no lookup (and no executor thread)
-            ip = ipaddress.ip_address(host)
-            addrs.append((socket.AF_INET6 if ip.version == 6 else socket.AF_INET, host))
-        except ValueError:
+        literal = _literal_family(host)
+        if literal is not None:  # an IP literal needs no lookup (and no executor thread)
+            addrs.append((literal, host))
+        else:
             if self.endpoint.resolvers:  # the configured resolvers, as the DNS check asks them
                 outcome = await dnsprobe.resolve(host, port, list(self.endpoint.resolvers),
                                                  loop.time() + self.step_timeout)
@@ -241,7 +253,8 @@ class MailConnection:
     async def send(self, text: str, *, shown: str | None = None) -> None:
         """Send one line (CRLF added). `shown` replaces the text in the transcript (secrets)."""
         assert self._writer is not None
-        self.transcript.client(self.scrub(text if shown is None else shown))
+        if self.transcript.enabled:  # background probes record nothing: no scrub to pay for
+            self.transcript.client(self.scrub(text if shown is None else shown))
         try:
             self._writer.write(text.encode("utf-8") + b"\r\n")
             await self._writer.drain()  # a server that stops reading: run_probe's deadline ends it
@@ -250,7 +263,8 @@ class MailConnection:
             raise ConnectionClosed(f"connection lost while sending ({type(exc).__name__})") from None
 
     async def readline(self) -> str:
-        """One server line as text (terminator removed, secrets scrubbed), recorded in the transcript."""
+        """One server line as text (terminator removed). Scrubbed and recorded when the transcript
+        records; otherwise as received: details made from it are scrubbed by fail() and run_probe."""
         assert self._lines is not None
         try:
             raw = await self._lines.readline()
@@ -259,6 +273,10 @@ class MailConnection:
             self.transcript.note(exc.detail)
             raise
         self.last_raw = decode_line(raw)
+        if not self.transcript.enabled:
+            # nothing recorded (a background probe): every detail built from this text is
+            # scrubbed on its way out (fail(), run_probe), so scrubbing here too is only cost
+            return self.last_raw
         text = self.scrub(self.last_raw)
         self.transcript.server(text)
         return text
