@@ -94,6 +94,7 @@ class Runtime:
         self.unsharded = config
         self.transitions = TransitionLog()  # one log line per state change (exporter/transitions.py)
         self.latest: dict[Key, ProbeResult] = {}  # credentials' and endpoints' last results (root cause)
+        self._by_credential: tuple[Config | None, dict[str, list[Mailbox]]] = (None, {})
 
     # ------------------------------------------------------------------ config
 
@@ -268,6 +269,17 @@ class Runtime:
         config = self.config
         return lambda reason: fix_for_key(config, reason, key)
 
+    def _mailboxes_of(self, name: str) -> list[Mailbox]:
+        """The credential's mailboxes in the running config, indexed once per config: a token
+        result used to scan every mailbox (10,000 per result, on the event loop)."""
+        config, index = self._by_credential
+        if config is not self.config:
+            index = {}
+            for m in self.config.mailboxes:
+                index.setdefault(m.credential, []).append(m)
+            self._by_credential = (self.config, index)
+        return index.get(name, [])
+
     def _record_token(self, name: str, result: ProbeResult, missing: set[str]) -> None:
         self.store.record(("credential", name), result)
         self.latest[("credential", name)] = result
@@ -275,9 +287,7 @@ class Runtime:
         cred = self.config.credentials.get(name)
         if cred is None:
             return
-        for m in self.config.mailboxes:
-            if m.credential != name:
-                continue
+        for m in self._mailboxes_of(name):
             mine = required_permissions(cred, set(m.checks)) & missing
             if result.success or (result.reason is Reason.MISSING_SCOPE and not mine):
                 r = ProbeResult.ok(result.duration)
