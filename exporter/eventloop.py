@@ -20,10 +20,13 @@ from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Young collections every 10,000 net tracked allocations; a full (gen-2) collection walks the
-# whole heap (hundreds of ms at 10,000 mailboxes), so it runs only after 20 x 50 young ones
-# (minutes to an hour): probes' transient cycles die young; what survives start-up is frozen.
-GC_THRESHOLDS = (10_000, 20, 50)
+# Young collections every 50,000 net tracked allocations: a young collection walks what is
+# alive *now* (the in-flight probes' objects), not what was allocated, so rarer ones cost about
+# the same each and promote fewer in-flight objects to gen 1; at 10,000 mailboxes the gen-1
+# collections' p99 fell from 26 to 2.3 ms with this (10,000: p99 0.25 vs 10 ms for gen 0).
+# A full (gen-2) collection walks the whole unfrozen heap, so it runs only after 20 x 50 young
+# ones (tens of minutes): probes' transient cycles die young; what survives start-up is frozen.
+GC_THRESHOLDS = (50_000, 20, 50)
 FREEZE_WAIT = 120.0  # freeze at readiness, or after this many seconds at the latest
 
 

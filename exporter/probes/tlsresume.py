@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import ssl
 import time
 from collections import OrderedDict
@@ -63,12 +64,24 @@ class _Kept:
     stored_at: float
 
 
+@functools.lru_cache(maxsize=1024)
+def _idna(hostname: str) -> str:
+    return hostname.encode("idna").decode("ascii")
+
+
 class ResumingContext(ssl.SSLContext):
     """A client SSLContext that offers the endpoint's kept session (see the module docstring)."""
 
     def __init__(self, protocol: int) -> None:  # SSLContext.__new__ takes the protocol
         super().__init__()
         self._kept: OrderedDict[EndpointKey, _Kept] = OrderedDict()
+
+    def _encode_hostname(self, hostname: str | bytes | None) -> str | bytes | None:
+        """SSLContext's IDNA encoding of the SNI name, once per name (the `idna` codec was ~0.4 %
+        of a probe, py-spy); the same result as CPython's for every input."""
+        if isinstance(hostname, str):
+            return _idna(hostname)
+        return super()._encode_hostname(hostname)  # type: ignore[misc]
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
                  server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None) -> ssl.SSLObject:
