@@ -223,13 +223,21 @@ def fragment(parts: Iterable[tuple[int, bytes]]) -> Fragment:
     return Fragment(b"".join(texts), shared)
 
 
-def pairs(text: bytes, layout: Layout) -> Iterator[tuple[int, bytes]]:
-    """(family index, that family's lines) of a fragment, in order."""
+def sizes(layout: Layout) -> Iterator[tuple[int, int]]:
+    """(family index, byte count of that family's lines) of a layout, in order."""
     start = 0
     ends = iter(layout)
     for i, end in zip(ends, ends, strict=True):
-        yield i, text[start:end]
+        yield i, end - start
         start = end
+
+
+def pairs(text: bytes, layout: Layout) -> Iterator[tuple[int, bytes]]:
+    """(family index, that family's lines) of a fragment, in order."""
+    start = 0
+    for i, n in sizes(layout):
+        yield i, text[start:start + n]
+        start += n
 
 
 def _escape(v: str) -> str:
@@ -577,13 +585,10 @@ class M365Exposition:
         for slot in self._slots(b):
             layout = self._layouts.get(slot, ())
             texts: list[bytes] = []
-            start = 0
-            ends = iter(layout)
-            for i, end in zip(ends, ends, strict=True):
+            for i, n in sizes(layout):
                 at = offsets.get(i, 0)
-                offsets[i] = at + end - start
-                texts.append(b.joined[i][at:offsets[i]])
-                start = end
+                offsets[i] = at + n
+                texts.append(b.joined[i][at:at + n])
             fresh = self._fresh.get(slot)
             out[slot] = fresh if fresh is not None else Fragment(b"".join(texts), layout)
         return out
@@ -604,20 +609,16 @@ class M365Exposition:
         changed = [n for n, slot in enumerate(slots) if slot in fresh]
         fresh_slots = [(slots[n], fresh[slots[n]]) for n in changed]
         for slot in slots[:changed[-1] + 1] if changed else ():  # after the last fresh slot: one run each
-            ends = iter(layouts.get(slot, ()))
-            start = 0
             if slot not in fresh:  # unchanged: its lines stay in the pending runs
-                for i, end in zip(ends, ends, strict=True):
-                    pos[i] = pos.get(i, 0) + end - start
-                    start = end
+                for i, n in sizes(layouts.get(slot, ())):
+                    pos[i] = pos.get(i, 0) + n
                 continue
-            for i, end in zip(ends, ends, strict=True):  # its old lines: close the runs before them
+            for i, n in sizes(layouts.get(slot, ())):  # its old lines: close the runs before them
                 at = pos.get(i, 0)
                 c = cut.get(i, 0)
                 if at > c:
                     per.setdefault(i, []).append(old[i][c:at])
-                pos[i] = cut[i] = at + end - start
-                start = end
+                pos[i] = cut[i] = at + n
             for i, text in pairs(*fresh[slot]):
                 at = pos.get(i, 0)
                 c = cut.get(i, 0)
