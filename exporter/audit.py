@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msal
@@ -284,18 +285,12 @@ class AppRegistrationAudit:
             auditor = old[1] if old is not None and old[0] == sig else GraphAuditor(name, cred, config)
             wanted[name] = (sig, auditor)
             jobs.append(Job(audit_key(name), max(d.token_interval, AUDIT_MIN_INTERVAL), auditor.budget + 1.0,
-                            self._bind(rt, name), signature=sig))
+                            partial(self.run, rt, name), signature=sig))
         for name, (_, auditor) in self._auditors.items():
             if name not in wanted or wanted[name][1] is not auditor:
                 auditor.close()
         self._auditors = wanted
         return jobs
-
-    def _bind(self, rt: Runtime, name: str) -> Any:
-        async def run() -> None:
-            await self.run(rt, name)
-
-        return run
 
     def enabled(self) -> list[str]:
         return list(self._auditors)
